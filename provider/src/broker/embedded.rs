@@ -1,0 +1,283 @@
+//! The embedded broker: in-process, the `default` link, so local development
+//! needs nothing installed. Queue groups and topic subscribers each have a
+//! bounded buffer; a publish waits for room in every buffer it goes to, up to
+//! `publish_timeout`, then fails without having delivered anything. Nothing is
+//! kept across restarts.
+
+use super::{Acknowledge, Broker, BrokerError, Delivery, MakeBroker, SubscribeMode, Subscription};
+use crate::cloudevents::Event;
+use async_trait::async_trait;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Makes embedded links (`type = "embedded"`).
+pub struct MakeEmbedded;
+
+impl MakeEmbedded {
+    /// The runtime-config type name.
+    pub const TYPE_NAME: &'static str = "embedded";
+}
+
+/// `[messaging_link.<name>]` settings of an embedded link.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedSettings {
+    /// Events each queue group or topic subscriber can hold before publishers wait.
+    #[serde(default = "default_capacity")]
+    pub capacity: usize,
+    /// How long a publish waits for room before failing with `delivery-failed`.
+    #[serde(default = "default_publish_timeout", with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// The largest payload accepted, in bytes.
+    #[serde(default = "default_max_payload")]
+    pub max_payload: usize,
+}
+
+fn default_capacity() -> usize {
+    1024
+}
+fn default_publish_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_payload() -> usize {
+    1024 * 1024
+}
+
+impl Default for EmbeddedSettings {
+    fn default() -> Self {
+        EmbeddedSettings {
+            capacity: default_capacity(),
+            publish_timeout: default_publish_timeout(),
+            max_payload: default_max_payload(),
+        }
+    }
+}
+
+#[async_trait]
+impl MakeBroker for MakeEmbedded {
+    const TYPE: &'static str = Self::TYPE_NAME;
+    type Settings = EmbeddedSettings;
+
+    fn describe(s: &EmbeddedSettings) -> String {
+        format!(
+            "embedded (in-process; capacity {}, publish timeout {}, max payload {} bytes)",
+            s.capacity,
+            humantime::format_duration(s.publish_timeout),
+            s.max_payload
+        )
+    }
+
+    async fn connect(&self, _name: &str, settings: &EmbeddedSettings) -> anyhow::Result<Arc<dyn Broker>> {
+        anyhow::ensure!(settings.capacity > 0, "`capacity` must be at least 1");
+        Ok(Arc::new(EmbeddedBroker::new(settings.clone())))
+    }
+}
+
+/// The in-process broker.
+pub struct EmbeddedBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: EmbeddedSettings,
+    addresses: Mutex<HashMap<String, Address>>,
+    next_id: AtomicU64,
+    closed: CancellationToken,
+}
+
+#[derive(Default)]
+struct Address {
+    topic_subscribers: HashMap<u64, mpsc::Sender<Envelope>>,
+    groups: HashMap<String, Lane>,
+}
+
+struct Envelope {
+    event: Arc<Event>,
+    attempt: u32,
+}
+
+/// A bounded buffer; its receiver is shared by a queue group's competing members.
+#[derive(Clone)]
+struct Lane {
+    tx: mpsc::Sender<Envelope>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Envelope>>>,
+}
+
+impl Lane {
+    fn new(capacity: usize) -> Lane {
+        let (tx, rx) = mpsc::channel(capacity);
+        Lane { tx, rx: Arc::new(tokio::sync::Mutex::new(rx)) }
+    }
+}
+
+impl EmbeddedBroker {
+    /// A broker with the given settings.
+    pub fn new(settings: EmbeddedSettings) -> Self {
+        EmbeddedBroker {
+            inner: Arc::new(Inner {
+                settings,
+                addresses: Mutex::default(),
+                next_id: AtomicU64::new(1),
+                closed: CancellationToken::new(),
+            }),
+        }
+    }
+
+    fn group_lane(&self, address: &str, group: &str) -> Lane {
+        let mut addresses = self.inner.addresses.lock().unwrap();
+        let addr = addresses.entry(address.to_string()).or_default();
+        addr.groups
+            .entry(group.to_string())
+            .or_insert_with(|| Lane::new(self.inner.settings.capacity))
+            .clone()
+    }
+}
+
+#[async_trait]
+impl Broker for EmbeddedBroker {
+    fn max_payload(&self) -> Option<usize> {
+        Some(self.inner.settings.max_payload)
+    }
+
+    async fn publish(&self, address: &str, event: &Event) -> Result<(), BrokerError> {
+        if self.inner.closed.is_cancelled() {
+            return Err(BrokerError::Unavailable("the embedded broker is shut down".into()));
+        }
+        let targets: Vec<mpsc::Sender<Envelope>> = {
+            let addresses = self.inner.addresses.lock().unwrap();
+            match addresses.get(address) {
+                Some(a) => a
+                    .topic_subscribers
+                    .values()
+                    .cloned()
+                    .chain(a.groups.values().map(|l| l.tx.clone()))
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
+        if targets.is_empty() {
+            return Ok(());
+        }
+        // Room is reserved in every buffer first, so a publish that times out
+        // has delivered to no one and can be retried without duplicates.
+        let reserve_all = async {
+            let mut permits = Vec::with_capacity(targets.len());
+            for tx in &targets {
+                if let Ok(permit) = tx.reserve().await {
+                    permits.push(permit);
+                }
+            }
+            permits
+        };
+        let timeout = self.inner.settings.publish_timeout;
+        let permits = tokio::select! {
+            r = tokio::time::timeout(timeout, reserve_all) => r.map_err(|_| BrokerError::DeliveryFailed(format!(
+                "`{address}` stayed full for {}: its consumers are not keeping up (capacity {})",
+                humantime::format_duration(timeout), self.inner.settings.capacity
+            )))?,
+            _ = self.inner.closed.cancelled() => return Err(BrokerError::ConnectionLost("the embedded broker shut down during the publish".into())),
+        };
+        let event = Arc::new(event.clone());
+        for permit in permits {
+            permit.send(Envelope { event: event.clone(), attempt: 1 });
+        }
+        Ok(())
+    }
+
+    async fn declare_queue(&self, address: &str, group: &str) -> Result<(), BrokerError> {
+        self.group_lane(address, group);
+        Ok(())
+    }
+
+    async fn subscribe(&self, address: &str, mode: SubscribeMode) -> Result<Box<dyn Subscription>, BrokerError> {
+        if self.inner.closed.is_cancelled() {
+            return Err(BrokerError::Unavailable("the embedded broker is shut down".into()));
+        }
+        let (lane, topic_id) = match mode {
+            SubscribeMode::Queue { group } => (self.group_lane(address, &group), None),
+            SubscribeMode::Topic => {
+                let lane = Lane::new(self.inner.settings.capacity);
+                let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+                let mut addresses = self.inner.addresses.lock().unwrap();
+                addresses
+                    .entry(address.to_string())
+                    .or_default()
+                    .topic_subscribers
+                    .insert(id, lane.tx.clone());
+                (lane, Some(id))
+            }
+        };
+        Ok(Box::new(EmbeddedSubscription {
+            lane,
+            closed: self.inner.closed.clone(),
+            topic: topic_id.map(|id| (Arc::downgrade(&self.inner), address.to_string(), id)),
+        }))
+    }
+
+    async fn close(&self) {
+        self.inner.closed.cancel();
+        self.inner.addresses.lock().unwrap().clear();
+    }
+}
+
+struct EmbeddedSubscription {
+    lane: Lane,
+    closed: CancellationToken,
+    /// For a topic subscriber: where to remove it from when dropped.
+    topic: Option<(Weak<Inner>, String, u64)>,
+}
+
+#[async_trait]
+impl Subscription for EmbeddedSubscription {
+    async fn next(&mut self) -> Option<Delivery> {
+        let envelope = tokio::select! {
+            e = async { self.lane.rx.lock().await.recv().await } => e?,
+            _ = self.closed.cancelled() => return None,
+        };
+        let event = (*envelope.event).clone();
+        let attempt = envelope.attempt;
+        let ack = EmbeddedAck { requeue: self.lane.tx.clone(), envelope };
+        Some(Delivery::new(event, attempt, Box::new(ack)))
+    }
+}
+
+impl Drop for EmbeddedSubscription {
+    fn drop(&mut self) {
+        if let Some((inner, address, id)) = &self.topic
+            && let Some(inner) = inner.upgrade()
+        {
+            let mut addresses = inner.addresses.lock().unwrap();
+            if let Some(a) = addresses.get_mut(address) {
+                a.topic_subscribers.remove(id);
+                if a.topic_subscribers.is_empty() && a.groups.is_empty() {
+                    addresses.remove(address);
+                }
+            }
+        }
+    }
+}
+
+struct EmbeddedAck {
+    requeue: mpsc::Sender<Envelope>,
+    envelope: Envelope,
+}
+
+#[async_trait]
+impl Acknowledge for EmbeddedAck {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
+        let Envelope { event, attempt } = self.envelope;
+        self.requeue
+            .send(Envelope { event, attempt: attempt + 1 })
+            .await
+            .map_err(|_| BrokerError::DeliveryFailed("the subscriber is gone; the event cannot be redelivered".into()))
+    }
+}

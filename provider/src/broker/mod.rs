@@ -1,0 +1,206 @@
+//! Broker links: the one trait every broker implements, and the registry that
+//! makes a link from its runtime-config `type`. Each link type is one module.
+
+pub mod embedded;
+
+use crate::cloudevents::Event;
+use crate::manifest::{ConfigError, KeyPath, TomlSource};
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// How a subscriber shares a channel's events with other subscribers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SubscribeMode {
+    /// Competing consumers: each event goes to one member of the named group.
+    Queue {
+        /// Consumers with the same group compete; the group outlives them.
+        group: String,
+    },
+    /// Fan-out: this subscriber sees every event published after it joined,
+    /// without taking events away from queue consumers (so it also serves
+    /// watching a queue).
+    Topic,
+}
+
+/// Why a broker operation failed; maps one-to-one onto the WIT error cases.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot be reached now.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The connection broke while the operation was under way.
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    /// The event exceeds what the broker accepts.
+    #[error("payload of {size} bytes exceeds the broker's limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The payload size.
+        size: usize,
+        /// The broker's limit.
+        limit: usize,
+    },
+    /// The broker did not take the event.
+    #[error("delivery failed: {0}")]
+    DeliveryFailed(String),
+    /// The event cannot be put on this broker's wire.
+    #[error("unsupported message format: {0}")]
+    Format(String),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A connected broker link. Addresses are broker-side names; the provider
+/// maps app channels onto them.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// The largest payload the broker accepts, checked before sending.
+    fn max_payload(&self) -> Option<usize> {
+        None
+    }
+
+    /// Publishes an event; returns once the broker took it (or failed, in
+    /// bounded time).
+    async fn publish(&self, address: &str, event: &Event) -> Result<(), BrokerError>;
+
+    /// Makes sure a queue group exists, so events published before its first
+    /// consumer joins are kept for it.
+    async fn declare_queue(&self, address: &str, group: &str) -> Result<(), BrokerError> {
+        let _ = (address, group);
+        Ok(())
+    }
+
+    /// Starts receiving an address's events. Dropping the subscription ends it.
+    async fn subscribe(&self, address: &str, mode: SubscribeMode) -> Result<Box<dyn Subscription>, BrokerError>;
+
+    /// Closes the link; pending operations fail.
+    async fn close(&self) {}
+}
+
+/// A stream of deliveries from one subscription.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next delivery; `None` once the subscription has ended for good.
+    async fn next(&mut self) -> Option<Delivery>;
+}
+
+/// Settles a delivery with the broker.
+#[async_trait]
+pub trait Acknowledge: Send {
+    /// The event was handled (or dead-lettered): the broker may forget it.
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError>;
+    /// The event was not handled: the broker should deliver it again where
+    /// the link promises at-least-once delivery.
+    async fn nack(self: Box<Self>) -> Result<(), BrokerError>;
+}
+
+/// One event handed to a subscriber, to be acknowledged once handled.
+pub struct Delivery {
+    /// The event.
+    pub event: Event,
+    /// 1 for the first delivery, higher for redeliveries.
+    pub attempt: u32,
+    ack: Box<dyn Acknowledge>,
+}
+
+impl Delivery {
+    /// Wraps an event with the way to settle it.
+    pub fn new(event: Event, attempt: u32, ack: Box<dyn Acknowledge>) -> Self {
+        Delivery { event, attempt, ack }
+    }
+
+    /// Splits the delivery into its event and its settlement handle.
+    pub fn into_parts(self) -> (Event, u32, Box<dyn Acknowledge>) {
+        (self.event, self.attempt, self.ack)
+    }
+}
+
+/// A link type: the runtime-config `type` it answers to, its settings and how
+/// it connects (the shape of Spin's `MakeKeyValueStore`).
+#[async_trait]
+pub trait MakeBroker: Send + Sync + 'static {
+    /// The value of `type` in `[messaging_link.<name>]`.
+    const TYPE: &'static str;
+    /// The link's settings, deserialised strictly (unknown keys are errors).
+    type Settings: DeserializeOwned + Send + Sync + 'static;
+    /// A one-line description for the start-up summary; never shows secrets.
+    fn describe(settings: &Self::Settings) -> String;
+    /// Connects (or prepares to connect) the link named `name`.
+    async fn connect(&self, name: &str, settings: &Self::Settings) -> anyhow::Result<Arc<dyn Broker>>;
+}
+
+/// A link whose settings were read and checked, ready to connect.
+#[async_trait]
+pub trait PreparedLink: Send + Sync {
+    /// The type name, for messages.
+    fn link_type(&self) -> &'static str;
+    /// A one-line description without secrets.
+    fn describe(&self) -> String;
+    /// Connects the link.
+    async fn connect(&self, name: &str) -> anyhow::Result<Arc<dyn Broker>>;
+}
+
+struct Prepared<M: MakeBroker> {
+    maker: Arc<M>,
+    settings: M::Settings,
+}
+
+#[async_trait]
+impl<M: MakeBroker> PreparedLink for Prepared<M> {
+    fn link_type(&self) -> &'static str {
+        M::TYPE
+    }
+    fn describe(&self) -> String {
+        M::describe(&self.settings)
+    }
+    async fn connect(&self, name: &str) -> anyhow::Result<Arc<dyn Broker>> {
+        self.maker.connect(name, &self.settings).await
+    }
+}
+
+type Preparer = Box<dyn Fn(&TomlSource, &KeyPath, toml::Value) -> Result<Box<dyn PreparedLink>, ConfigError> + Send + Sync>;
+
+/// The link types this provider knows, keyed by runtime-config `type`.
+pub struct LinkRegistry {
+    types: BTreeMap<&'static str, Preparer>,
+}
+
+impl Default for LinkRegistry {
+    /// Every link type built into this provider.
+    fn default() -> Self {
+        let mut r = LinkRegistry { types: BTreeMap::new() };
+        r.register(embedded::MakeEmbedded);
+        r
+    }
+}
+
+impl LinkRegistry {
+    /// Adds a link type; registering the same type twice is a programming error.
+    pub fn register<M: MakeBroker>(&mut self, maker: M) {
+        let maker = Arc::new(maker);
+        let prepare: Preparer = Box::new(move |src, at, value| {
+            let settings: M::Settings = src.deserialize(at, value)?;
+            Ok(Box::new(Prepared { maker: maker.clone(), settings }) as Box<dyn PreparedLink>)
+        });
+        assert!(self.types.insert(M::TYPE, prepare).is_none(), "link type `{}` registered twice", M::TYPE);
+    }
+
+    /// The known type names, for messages.
+    pub fn type_names(&self) -> Vec<&'static str> {
+        self.types.keys().copied().collect()
+    }
+
+    /// Reads the settings of a link of type `link_type`, found at `at` in
+    /// `src`. `None` when the type is unknown.
+    pub fn prepare(
+        &self,
+        link_type: &str,
+        src: &TomlSource,
+        at: &KeyPath,
+        settings: toml::Value,
+    ) -> Option<Result<Box<dyn PreparedLink>, ConfigError>> {
+        self.types.get(link_type).map(|p| p(src, at, settings))
+    }
+}

@@ -1,0 +1,163 @@
+//! CloudEvents: the one event model every layer shares, its validation, and
+//! its mapping to each protocol binding (one submodule per binding).
+
+pub mod http;
+pub mod json;
+
+/// The media type of the CloudEvents JSON event format (structured mode).
+pub const JSON_FORMAT: &str = "application/cloudevents+json";
+
+/// A CloudEvent, shaped like the WIT `event` record so that conversions to and
+/// from guests are field-for-field and lose nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// CloudEvents `specversion`; only "1.0" is valid.
+    pub specversion: String,
+    /// CloudEvents `type`.
+    pub ty: String,
+    /// CloudEvents `source`.
+    pub source: String,
+    /// CloudEvents `id`.
+    pub id: String,
+    /// The payload bytes, exactly as published.
+    pub data: Option<Vec<u8>>,
+    /// CloudEvents `datacontenttype`.
+    pub datacontenttype: Option<String>,
+    /// CloudEvents `dataschema`.
+    pub dataschema: Option<String>,
+    /// CloudEvents `subject`.
+    pub subject: Option<String>,
+    /// CloudEvents `time`, kept as the producer wrote it.
+    pub time: Option<String>,
+    /// Extension attributes, in the order the producer gave them.
+    pub extensions: Vec<(String, String)>,
+}
+
+/// Attribute names the specification defines; an extension may not reuse them.
+const CONTEXT_ATTRIBUTES: &[&str] = &[
+    "specversion",
+    "type",
+    "source",
+    "id",
+    "datacontenttype",
+    "dataschema",
+    "subject",
+    "time",
+    "data",
+    "data_base64",
+];
+
+impl Event {
+    /// An event with the required attributes set and everything else empty.
+    pub fn new(id: impl Into<String>, source: impl Into<String>, ty: impl Into<String>) -> Self {
+        Event {
+            specversion: "1.0".into(),
+            id: id.into(),
+            source: source.into(),
+            ty: ty.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The payload size that channel limits are checked against.
+    pub fn payload_len(&self) -> usize {
+        self.data.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Checks the event against the CloudEvents 1.0 rules, so that what a
+    /// guest publishes is readable by every other CloudEvents consumer.
+    /// The error says which attribute is wrong and why.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.specversion != "1.0" {
+            return Err(format!(
+                "specversion must be \"1.0\", got {:?}",
+                self.specversion
+            ));
+        }
+        for (name, value) in [("id", &self.id), ("source", &self.source), ("type", &self.ty)] {
+            if value.is_empty() {
+                return Err(format!("attribute `{name}` must not be empty"));
+            }
+        }
+        if let Some(time) = &self.time {
+            chrono::DateTime::parse_from_rfc3339(time)
+                .map_err(|e| format!("attribute `time` is not an RFC 3339 timestamp ({time:?}: {e})"))?;
+        }
+        for (name, _) in &self.extensions {
+            validate_extension_name(name)?;
+        }
+        Ok(())
+    }
+
+    /// The value of an extension attribute, if the event has it.
+    pub fn extension(&self, name: &str) -> Option<&str> {
+        self.extensions
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Extension names are lower-case ASCII letters and digits (CloudEvents 1.0,
+/// "Attribute Naming Convention"), and must not shadow a context attribute.
+pub fn validate_extension_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Err(format!(
+            "extension name {name:?} must be lower-case letters a-z and digits 0-9 only"
+        ));
+    }
+    if CONTEXT_ATTRIBUTES.contains(&name) {
+        return Err(format!(
+            "extension name {name:?} is a CloudEvents context attribute"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a media type says the data is JSON (`application/json`, `text/json`
+/// or any `+json` suffix), which the JSON format embeds as JSON rather than
+/// as a string or base64.
+pub fn is_json_media_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_attribute() {
+        let mut e = Event::new("1", "src", "t");
+        assert!(e.validate().is_ok());
+        e.specversion = "0.3".into();
+        assert!(e.validate().unwrap_err().contains("specversion"));
+        let mut e = Event::new("", "src", "t");
+        assert!(e.validate().unwrap_err().contains("`id`"));
+        e.id = "1".into();
+        e.time = Some("yesterday".into());
+        assert!(e.validate().unwrap_err().contains("`time`"));
+        e.time = Some("2024-02-29T12:00:00.5+01:00".into());
+        assert!(e.validate().is_ok());
+        e.extensions.push(("Bad-Name".into(), "x".into()));
+        assert!(e.validate().unwrap_err().contains("Bad-Name"));
+        e.extensions = vec![("subject".into(), "x".into())];
+        assert!(e.validate().unwrap_err().contains("context attribute"));
+    }
+
+    #[test]
+    fn json_media_types() {
+        assert!(is_json_media_type("application/json; charset=utf-8"));
+        assert!(is_json_media_type("application/vnd.foo+json"));
+        assert!(!is_json_media_type("text/plain"));
+    }
+}

@@ -1,0 +1,164 @@
+//! The host side of `wasi:messaging/{types,pub,sub}`: converts between the
+//! WIT types and the provider's, and hands each call to the component's
+//! [`MessagingCtx`].
+
+use super::State;
+use super::bindings::{self, Channel, WitError, WitEvent};
+use crate::broker::BrokerError;
+use crate::cloudevents::Event;
+use async_trait::async_trait;
+use wasmtime::component::{HasSelf, Linker};
+
+/// Answers a component's messaging calls; the dispatcher implements it with
+/// the component's app, channels and permissions.
+#[async_trait]
+pub trait MessagingCtx: Send + Sync + 'static {
+    /// `pub.publish`.
+    async fn publish(&self, channel: Channel, event: Event) -> Result<(), MessagingError>;
+    /// `sub.subscribe`: returns the token.
+    async fn subscribe(&self, channel: Channel) -> Result<String, MessagingError>;
+    /// `sub.unsubscribe`.
+    async fn unsubscribe(&self, token: String) -> Result<(), MessagingError>;
+}
+
+/// The WIT `messaging-error` cases, as the rest of the provider raises them.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // each case is documented in wit/messaging.wit
+pub enum MessagingError {
+    #[error("payload too large: {0}")]
+    PayloadTooLarge(String),
+    #[error("queue or topic not found: {0}")]
+    QueueOrTopicNotFound(String),
+    #[error("insufficient permissions: {0}")]
+    InsufficientPermissions(String),
+    #[error("service unavailable: {0}")]
+    ServiceUnavailable(String),
+    #[error("delivery failed: {0}")]
+    DeliveryFailed(String),
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    #[error("unsupported message format: {0}")]
+    UnsupportedMessageFormat(String),
+    #[error("unexpected error: {0}")]
+    UnexpectedError(String),
+}
+
+impl MessagingError {
+    /// The WIT case name, for logs and test fixtures.
+    pub fn case(&self) -> &'static str {
+        match self {
+            MessagingError::PayloadTooLarge(_) => "payload-too-large",
+            MessagingError::QueueOrTopicNotFound(_) => "queue-or-topic-not-found",
+            MessagingError::InsufficientPermissions(_) => "insufficient-permissions",
+            MessagingError::ServiceUnavailable(_) => "service-unavailable",
+            MessagingError::DeliveryFailed(_) => "delivery-failed",
+            MessagingError::ConnectionLost(_) => "connection-lost",
+            MessagingError::UnsupportedMessageFormat(_) => "unsupported-message-format",
+            MessagingError::UnexpectedError(_) => "unexpected-error",
+        }
+    }
+}
+
+impl From<BrokerError> for MessagingError {
+    fn from(e: BrokerError) -> Self {
+        let text = e.to_string();
+        match e {
+            BrokerError::Unavailable(_) => MessagingError::ServiceUnavailable(text),
+            BrokerError::ConnectionLost(_) => MessagingError::ConnectionLost(text),
+            BrokerError::PayloadTooLarge { .. } => MessagingError::PayloadTooLarge(text),
+            BrokerError::DeliveryFailed(_) => MessagingError::DeliveryFailed(text),
+            BrokerError::Format(_) => MessagingError::UnsupportedMessageFormat(text),
+            BrokerError::Other(_) => MessagingError::UnexpectedError(text),
+        }
+    }
+}
+
+impl From<MessagingError> for WitError {
+    fn from(e: MessagingError) -> Self {
+        match e {
+            MessagingError::PayloadTooLarge(s) => WitError::PayloadTooLarge(s),
+            MessagingError::QueueOrTopicNotFound(s) => WitError::QueueOrTopicNotFound(s),
+            MessagingError::InsufficientPermissions(s) => WitError::InsufficientPermissions(s),
+            MessagingError::ServiceUnavailable(s) => WitError::ServiceUnavailable(s),
+            MessagingError::DeliveryFailed(s) => WitError::DeliveryFailed(s),
+            MessagingError::ConnectionLost(s) => WitError::ConnectionLost(s),
+            MessagingError::UnsupportedMessageFormat(s) => WitError::UnsupportedMessageFormat(s),
+            MessagingError::UnexpectedError(s) => WitError::UnexpectedError(s),
+        }
+    }
+}
+
+impl From<WitError> for MessagingError {
+    fn from(e: WitError) -> Self {
+        match e {
+            WitError::PayloadTooLarge(s) => MessagingError::PayloadTooLarge(s),
+            WitError::QueueOrTopicNotFound(s) => MessagingError::QueueOrTopicNotFound(s),
+            WitError::InsufficientPermissions(s) => MessagingError::InsufficientPermissions(s),
+            WitError::ServiceUnavailable(s) => MessagingError::ServiceUnavailable(s),
+            WitError::DeliveryFailed(s) => MessagingError::DeliveryFailed(s),
+            WitError::ConnectionLost(s) => MessagingError::ConnectionLost(s),
+            WitError::UnsupportedMessageFormat(s) => MessagingError::UnsupportedMessageFormat(s),
+            WitError::UnexpectedError(s) => MessagingError::UnexpectedError(s),
+        }
+    }
+}
+
+impl From<WitEvent> for Event {
+    fn from(e: WitEvent) -> Self {
+        Event {
+            specversion: e.specversion,
+            ty: e.ty,
+            source: e.source,
+            id: e.id,
+            data: e.data,
+            datacontenttype: e.datacontenttype,
+            dataschema: e.dataschema,
+            subject: e.subject,
+            time: e.time,
+            extensions: e.extensions.unwrap_or_default(),
+        }
+    }
+}
+
+impl From<Event> for WitEvent {
+    fn from(e: Event) -> Self {
+        WitEvent {
+            specversion: e.specversion,
+            ty: e.ty,
+            source: e.source,
+            id: e.id,
+            data: e.data,
+            datacontenttype: e.datacontenttype,
+            dataschema: e.dataschema,
+            subject: e.subject,
+            time: e.time,
+            extensions: (!e.extensions.is_empty()).then_some(e.extensions),
+        }
+    }
+}
+
+impl bindings::types::Host for State {}
+
+impl bindings::publish::Host for State {
+    async fn publish(&mut self, c: Channel, e: WitEvent) -> wasmtime::Result<Result<(), WitError>> {
+        Ok(self.messaging.publish(c, e.into()).await.map_err(Into::into))
+    }
+}
+
+impl bindings::sub::Host for State {
+    async fn subscribe(&mut self, c: Channel) -> wasmtime::Result<Result<String, WitError>> {
+        Ok(self.messaging.subscribe(c).await.map_err(Into::into))
+    }
+
+    async fn unsubscribe(&mut self, st: String) -> wasmtime::Result<Result<(), WitError>> {
+        Ok(self.messaging.unsubscribe(st).await.map_err(Into::into))
+    }
+}
+
+/// Adds the messaging imports to a linker.
+pub(super) fn add_to_linker(linker: &mut Linker<State>) -> anyhow::Result<()> {
+    bindings::publish::add_to_linker::<State, HasSelf<State>>(linker, |s| s)?;
+    bindings::sub::add_to_linker::<State, HasSelf<State>>(linker, |s| s)?;
+    bindings::types::add_to_linker::<State, HasSelf<State>>(linker, |s| s)?;
+    Ok(())
+}

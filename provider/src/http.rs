@@ -1,0 +1,100 @@
+//! The local HTTP endpoint (`--listen`): put events into an app's channel and
+//! watch a channel, so the embedded broker is usable without writing code.
+//!
+//! - `POST /v1/apps/{app}/channels/{channel}` takes one CloudEvent in the
+//!   CloudEvents HTTP binding (binary or structured mode) and publishes it as
+//!   an outside producer would; answers 202.
+//! - `GET /v1/apps/{app}/channels/{channel}` streams the events published on
+//!   the channel as server-sent events, one JSON format document each.
+//!
+//! Errors answer with a status and `{"error": "...", "case": "..."}`.
+
+use crate::cloudevents::{self, json};
+use crate::dispatch::AppRuntime;
+use crate::host::MessagingError;
+use crate::provider::Provider;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The route the endpoints live under.
+pub const CHANNEL_ROUTE: &str = "/v1/apps/{app}/channels/{channel}";
+
+type Apps = Arc<BTreeMap<String, Arc<AppRuntime>>>;
+
+/// The endpoint's routes, serving the provider's apps.
+pub fn router(provider: &Provider) -> Router {
+    let apps: Apps = Arc::new(provider.apps().clone());
+    Router::new()
+        .route(CHANNEL_ROUTE, get(watch).post(publish))
+        .with_state(apps)
+}
+
+/// An error answer: a status and a JSON body that says what is wrong.
+struct ApiError(StatusCode, String, &'static str);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.1, "case": self.2 });
+        (self.0, Json(body)).into_response()
+    }
+}
+
+impl From<MessagingError> for ApiError {
+    fn from(e: MessagingError) -> Self {
+        let status = match &e {
+            MessagingError::QueueOrTopicNotFound(_) => StatusCode::NOT_FOUND,
+            MessagingError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            MessagingError::UnsupportedMessageFormat(_) => StatusCode::BAD_REQUEST,
+            MessagingError::InsufficientPermissions(_) => StatusCode::FORBIDDEN,
+            MessagingError::ServiceUnavailable(_) | MessagingError::DeliveryFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            MessagingError::ConnectionLost(_) => StatusCode::BAD_GATEWAY,
+            MessagingError::UnexpectedError(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string(), e.case())
+    }
+}
+
+fn find_app(apps: &Apps, name: &str) -> Result<Arc<AppRuntime>, ApiError> {
+    apps.get(name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = apps.keys().map(String::as_str).collect();
+        ApiError(StatusCode::NOT_FOUND, format!("no app `{name}` is loaded (loaded: {})", known.join(", ")), "app-not-found")
+    })
+}
+
+async fn publish(
+    State(apps): State<Apps>,
+    Path((app, channel)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let app = find_app(&apps, &app)?;
+    let event = cloudevents::http::decode(&headers, &body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e, "unsupported-message-format"))?;
+    app.publish_external(&channel, &event).await?;
+    let body = serde_json::json!({ "app": app.app.name, "channel": channel, "id": event.id });
+    Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+async fn watch(State(apps): State<Apps>, Path((app, channel)): Path<(String, String)>) -> Result<impl IntoResponse, ApiError> {
+    let app = find_app(&apps, &app)?;
+    let subscription = app.watch(&channel).await?;
+    // A first comment tells the client the subscription is in place.
+    let opened = futures::stream::once(async { Ok::<_, Infallible>(SseEvent::default().comment("subscribed")) });
+    let events = futures::stream::unfold(subscription, |mut sub| async move {
+        let delivery = sub.next().await?;
+        let (event, _, ack) = delivery.into_parts();
+        let _ = ack.ack().await;
+        let doc = String::from_utf8(json::encode(&event)).expect("the JSON format is UTF-8");
+        Some((Ok::<_, Infallible>(SseEvent::default().id(event.id.clone()).data(doc)), sub))
+    });
+    Ok(Sse::new(futures::StreamExt::chain(opened, events)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

@@ -1,0 +1,23 @@
+//! A wasi-messaging provider: runs WebAssembly components that import
+//! `wasi:messaging/pub` and `wasi:messaging/sub` and export
+//! `wasi:messaging/handler`, and connects the channels their apps declare to
+//! message brokers.
+//!
+//! The layers, each feeding the next:
+//! [`manifest`] (spin.toml and runtime config) → [`app`] (the validated app
+//! model) → [`host`] (wasmtime, one fresh instance per message) →
+//! [`dispatch`] (deliveries to handlers, retries, dead letters) →
+//! [`broker`] (one link per broker behind one trait).
+#![deny(missing_docs)]
+
+pub mod app;
+pub mod broker;
+pub mod cli;
+pub mod cloudevents;
+pub mod dispatch;
+pub mod host;
+pub mod http;
+pub mod manifest;
+pub mod provider;
+
+pub use provider::{Provider, ProviderOptions};

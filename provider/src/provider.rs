@@ -1,0 +1,174 @@
+//! The provider: loads apps and links, runs them, and stops them gracefully.
+
+use crate::app::App;
+use crate::broker::{Broker, LinkRegistry};
+use crate::dispatch::{AppRuntime, Dispatcher, DrainReport};
+use crate::host::{Host, HostOptions};
+use crate::manifest::{self, ConfigError, ConfigErrors, RuntimeConfig};
+use anyhow::Context as _;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where apps and links come from, and how to run them.
+#[derive(Clone, Debug, Default)]
+pub struct ProviderOptions {
+    /// App manifests (`spin.toml` files, or directories holding one).
+    pub manifests: Vec<PathBuf>,
+    /// The runtime config binding link names to brokers.
+    pub runtime_config: Option<PathBuf>,
+    /// How components run.
+    pub host: HostOptions,
+}
+
+/// Apps loaded, links connected, ready to start.
+pub struct Provider {
+    apps: BTreeMap<String, Arc<AppRuntime>>,
+    links: BTreeMap<String, (String, Arc<dyn Broker>)>,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl Provider {
+    /// Reads every manifest and the runtime config (reporting every mistake
+    /// in them at once), compiles the components and connects the links the
+    /// apps use. Nothing runs until [`Provider::start`].
+    pub async fn load(options: ProviderOptions) -> anyhow::Result<Provider> {
+        let registry = LinkRegistry::default();
+        let config = RuntimeConfig::load(options.runtime_config.as_deref(), &registry)?;
+        let apps = load_apps(&options.manifests, &config)?;
+
+        let host = Arc::new(Host::new(options.host.clone())?);
+        let dispatcher = Dispatcher::new(host.clone());
+
+        let mut links = BTreeMap::new();
+        for app in &apps {
+            for channel in app.channels.values() {
+                if !links.contains_key(&channel.link) {
+                    let prepared = &config.links[&channel.link];
+                    let broker = prepared
+                        .connect(&channel.link)
+                        .await
+                        .with_context(|| format!("cannot connect link `{}` ({})", channel.link, prepared.link_type()))?;
+                    links.insert(channel.link.clone(), (prepared.describe(), broker));
+                }
+            }
+        }
+
+        let mut runtimes = BTreeMap::new();
+        for app in apps {
+            let mut prepared = HashMap::new();
+            for c in &app.components {
+                let (host, source) = (host.clone(), c.source.clone());
+                let component = tokio::task::spawn_blocking(move || host.prepare(&source))
+                    .await?
+                    .with_context(|| format!("app `{}`, component `{}`", app.name, c.id))?;
+                prepared.insert(c.id.clone(), component);
+            }
+            let app_links = app
+                .channels
+                .values()
+                .map(|c| (c.link.clone(), links[&c.link].1.clone()))
+                .collect();
+            runtimes.insert(app.name.clone(), AppRuntime::new(app, app_links, prepared, dispatcher.clone()));
+        }
+        Ok(Provider { apps: runtimes, links, dispatcher })
+    }
+
+    /// Declares queues and starts every subscription from the manifests.
+    pub async fn start(&self) -> anyhow::Result<()> {
+        for app in self.apps.values() {
+            app.start().await?;
+        }
+        Ok(())
+    }
+
+    /// An app by name.
+    pub fn app(&self, name: &str) -> Option<&Arc<AppRuntime>> {
+        self.apps.get(name)
+    }
+
+    /// A connected link by name.
+    pub fn link(&self, name: &str) -> Option<&Arc<dyn Broker>> {
+        self.links.get(name).map(|(_, b)| b)
+    }
+
+    /// The apps, by name.
+    pub fn apps(&self) -> &BTreeMap<String, Arc<AppRuntime>> {
+        &self.apps
+    }
+
+    /// What was loaded, for people: apps, channels, components, links.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for app in self.apps.values() {
+            let app = &app.app;
+            let _ = writeln!(out, "App `{}` ({})", app.name, app.origin.display());
+            let _ = writeln!(out, "  channels:");
+            for c in app.channels.values() {
+                let _ = write!(out, "    {:<16} {} on link `{}` as `{}`", c.name, c.kind, c.link, c.address);
+                if let Some(limit) = c.max_payload {
+                    let _ = write!(out, ", max payload {limit} bytes");
+                }
+                if let Some(dl) = &c.dead_letter {
+                    let _ = write!(out, ", dead letters to `{dl}`");
+                }
+                out.push('\n');
+            }
+            let _ = writeln!(out, "  components:");
+            for c in &app.components {
+                let list = |names: &mut dyn Iterator<Item = &String>| {
+                    let v: Vec<&str> = names.map(String::as_str).collect();
+                    if v.is_empty() { "-".to_string() } else { v.join(", ") }
+                };
+                let _ = writeln!(out, "    {} ({})", c.id, c.source.display());
+                let _ = writeln!(out, "      subscriptions: {}", list(&mut c.subscriptions.iter()));
+                let _ = writeln!(out, "      may publish:   {}", list(&mut c.publish.iter()));
+                let _ = writeln!(out, "      may subscribe: {}", list(&mut c.subscribe.iter()));
+            }
+        }
+        let _ = writeln!(out, "Links:");
+        for (name, (description, _)) in &self.links {
+            let _ = writeln!(out, "  {name:<16} {description}");
+        }
+        out
+    }
+
+    /// Stops taking messages, lets in-flight handlers finish within
+    /// `deadline`, then closes the links.
+    pub async fn shutdown(&self, deadline: std::time::Duration) -> DrainReport {
+        let report = self.dispatcher.drain(deadline).await;
+        for (_, link) in self.links.values() {
+            link.close().await;
+        }
+        report
+    }
+}
+
+/// Loads every manifest, collecting all their errors, and checks that app
+/// names are unique across them.
+fn load_apps(manifests: &[PathBuf], config: &RuntimeConfig) -> Result<Vec<App>, ConfigErrors> {
+    let defaults = [PathBuf::from("spin.toml")];
+    let manifests = if manifests.is_empty() { &defaults[..] } else { manifests };
+    let mut apps: Vec<App> = Vec::new();
+    let mut errors = Vec::new();
+    for path in manifests {
+        let path = if path.is_dir() { path.join("spin.toml") } else { path.clone() };
+        match manifest::load_app(&path, &|link| config.has_link(link)) {
+            Ok(app) => {
+                if let Some(other) = apps.iter().find(|a| a.name == app.name) {
+                    errors.push(ConfigError {
+                        file: path.clone(),
+                        key: "application.name".into(),
+                        line: None,
+                        message: format!("app `{}` is already loaded from {}; app names must be unique", app.name, other.origin.display()),
+                    });
+                } else {
+                    apps.push(app);
+                }
+            }
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    if errors.is_empty() { Ok(apps) } else { Err(ConfigErrors(errors)) }
+}
