@@ -59,7 +59,11 @@ pub struct UpArgs {
 #[derive(Args, Debug)]
 struct Endpoint {
     /// The `--listen` address of the running provider.
-    #[arg(long, env = "TRIGGER_MESSAGING_URL", default_value = "http://127.0.0.1:3030")]
+    #[arg(
+        long,
+        env = "TRIGGER_MESSAGING_URL",
+        default_value = "http://127.0.0.1:3030"
+    )]
     url: String,
     /// The app.
     app: String,
@@ -69,7 +73,12 @@ struct Endpoint {
 
 impl Endpoint {
     fn url(&self) -> String {
-        format!("{}/v1/apps/{}/channels/{}", self.url.trim_end_matches('/'), self.app, self.channel)
+        format!(
+            "{}/v1/apps/{}/channels/{}",
+            self.url.trim_end_matches('/'),
+            self.app,
+            self.channel
+        )
     }
 }
 
@@ -183,13 +192,18 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {addr}"))?;
             println!("Listening on http://{}", listener.local_addr()?);
             let app = crate::http::router(&provider);
-            Some(tokio::spawn(async move { axum::serve(listener, app).await }))
+            Some(tokio::spawn(
+                async move { axum::serve(listener, app).await },
+            ))
         }
         None => None,
     };
     println!("Ready: press Ctrl+C to stop.");
     stop_signal().await;
-    tracing::info!("stopping: no new messages are taken; waiting up to {} for handlers under way", humantime::format_duration(args.shutdown_timeout));
+    tracing::info!(
+        "stopping: no new messages are taken; waiting up to {} for handlers under way",
+        humantime::format_duration(args.shutdown_timeout)
+    );
     if let Some(server) = server {
         server.abort();
     }
@@ -197,7 +211,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     if report.drained {
         tracing::info!("stopped cleanly");
     } else {
-        tracing::warn!("stopped with handlers still running after {}; their events were not acknowledged", humantime::format_duration(args.shutdown_timeout));
+        tracing::warn!(
+            "stopped with handlers still running after {}; their events were not acknowledged",
+            humantime::format_duration(args.shutdown_timeout)
+        );
     }
     Ok(())
 }
@@ -219,10 +236,18 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
             Some(buf)
         }
-        (None, Some(path)) => Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?),
+        (None, Some(path)) => {
+            Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
+        }
         (None, None) => None,
     };
-    let mut event = Event::new(args.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string()), args.source, args.ty);
+    let mut event = Event::new(
+        args.id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        args.source,
+        args.ty,
+    );
     event.data = data;
     event.datacontenttype = args.content_type;
     event.subject = args.subject;
@@ -234,7 +259,9 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--ext {ext:?}: expected NAME=VALUE"))?;
         event.extensions.push((name.to_string(), value.to_string()));
     }
-    event.validate().map_err(|e| anyhow::anyhow!("not a valid CloudEvent: {e}"))?;
+    event
+        .validate()
+        .map_err(|e| anyhow::anyhow!("not a valid CloudEvent: {e}"))?;
     let (headers, body) = if args.structured {
         cloudevents::http::encode_structured(&event)
     } else {
@@ -246,7 +273,12 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         .body(body)
         .send()
         .await
-        .with_context(|| format!("cannot reach {}: is `trigger-messaging up --listen` running?", args.endpoint.url))?;
+        .with_context(|| {
+            format!(
+                "cannot reach {}: is `trigger-messaging up --listen` running?",
+                args.endpoint.url
+            )
+        })?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     anyhow::ensure!(status.is_success(), "{status}: {text}");
@@ -259,7 +291,12 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
         .get(args.endpoint.url())
         .send()
         .await
-        .with_context(|| format!("cannot reach {}: is `trigger-messaging up --listen` running?", args.endpoint.url))?;
+        .with_context(|| {
+            format!(
+                "cannot reach {}: is `trigger-messaging up --listen` running?",
+                args.endpoint.url
+            )
+        })?;
     let status = response.status();
     if !status.is_success() {
         anyhow::bail!("{status}: {}", response.text().await.unwrap_or_default());
@@ -280,7 +317,10 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
             if let Some(d) = line.strip_prefix("data:") {
                 data.push_str(d.strip_prefix(' ').unwrap_or(d));
             } else if line == ": subscribed" {
-                eprintln!("watching `{}` of app `{}`", args.endpoint.channel, args.endpoint.app);
+                eprintln!(
+                    "watching `{}` of app `{}`",
+                    args.endpoint.channel, args.endpoint.app
+                );
             } else if line.is_empty() && !data.is_empty() {
                 println!("{}", std::mem::take(&mut data));
                 printed += 1;

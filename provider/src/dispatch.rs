@@ -33,7 +33,11 @@ pub struct DrainReport {
 impl Dispatcher {
     /// A dispatcher running components on `host`.
     pub fn new(host: Arc<Host>) -> Arc<Dispatcher> {
-        Arc::new(Dispatcher { host, tasks: TaskTracker::new(), stop: CancellationToken::new() })
+        Arc::new(Dispatcher {
+            host,
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
+        })
     }
 
     /// Stops taking deliveries, then waits up to `deadline` for the handlers
@@ -42,18 +46,33 @@ impl Dispatcher {
     pub async fn drain(&self, deadline: Duration) -> DrainReport {
         self.stop.cancel();
         self.tasks.close();
-        let drained = tokio::time::timeout(deadline, self.tasks.wait()).await.is_ok();
+        let drained = tokio::time::timeout(deadline, self.tasks.wait())
+            .await
+            .is_ok();
         DrainReport { drained }
     }
 
-    fn spawn_pump(self: &Arc<Self>, component: Arc<ComponentRuntime>, channel: Channel, sub: Box<dyn Subscription>, stop: CancellationToken) {
+    fn spawn_pump(
+        self: &Arc<Self>,
+        component: Arc<ComponentRuntime>,
+        channel: Channel,
+        sub: Box<dyn Subscription>,
+        stop: CancellationToken,
+    ) {
         let this = self.clone();
-        self.tasks.spawn(async move { this.pump(component, channel, sub, stop).await });
+        self.tasks
+            .spawn(async move { this.pump(component, channel, sub, stop).await });
     }
 
     /// Pulls deliveries only when a handler slot is free, so a slow component
     /// pushes back on its broker instead of piling events up in memory.
-    async fn pump(self: Arc<Self>, component: Arc<ComponentRuntime>, channel: Channel, mut sub: Box<dyn Subscription>, stop: CancellationToken) {
+    async fn pump(
+        self: Arc<Self>,
+        component: Arc<ComponentRuntime>,
+        channel: Channel,
+        mut sub: Box<dyn Subscription>,
+        stop: CancellationToken,
+    ) {
         loop {
             let permit = tokio::select! {
                 p = component.in_flight.clone().acquire_owned() => p.expect("the semaphore is never closed"),
@@ -72,6 +91,8 @@ impl Dispatcher {
                 this.handle(&component, &channel, delivery).await;
                 drop(permit);
             });
+            // Let competing consumers in this process take their turn.
+            tokio::task::yield_now().await;
         }
     }
 
@@ -79,7 +100,11 @@ impl Dispatcher {
         let (event, first_attempt, ack) = delivery.into_parts();
         let mut attempt = first_attempt;
         loop {
-            let error = match self.host.handle(&component.prepared, &component.identity, event.clone()).await {
+            let error = match self
+                .host
+                .handle(&component.prepared, &component.identity, event.clone())
+                .await
+            {
                 Ok(Ok(())) => {
                     if let Err(e) = ack.ack().await {
                         tracing::warn!(event_id = %event.id, channel = %channel.name, "cannot acknowledge a handled event: {e}");
@@ -108,7 +133,10 @@ impl Dispatcher {
             attempt += 1;
         }
         let app = component.app.upgrade();
-        let dead_letter = app.as_ref().zip(channel.dead_letter.as_ref()).and_then(|(a, dl)| a.app.channels.get(dl).map(|c| (a, c)));
+        let dead_letter = app
+            .as_ref()
+            .zip(channel.dead_letter.as_ref())
+            .and_then(|(a, dl)| a.app.channels.get(dl).map(|c| (a, c)));
         if let Some((app, dl)) = dead_letter {
             match app.send(dl, &event).await {
                 Ok(()) => {
@@ -176,7 +204,10 @@ impl AppRuntime {
                             app: app.name.clone(),
                             component: spec.id.clone(),
                             environment: spec.environment.clone(),
-                            messaging: Arc::new(ComponentCtx { app: weak.clone(), component: spec.id.clone() }),
+                            messaging: Arc::new(ComponentCtx {
+                                app: weak.clone(),
+                                component: spec.id.clone(),
+                            }),
                         },
                         in_flight: Arc::new(Semaphore::new(spec.max_in_flight)),
                     })
@@ -196,11 +227,22 @@ impl AppRuntime {
     /// Declares the app's queues and starts every component's subscriptions
     /// from the manifest.
     pub async fn start(&self) -> anyhow::Result<()> {
-        for channel in self.app.channels.values().filter(|c| c.kind == ChannelKind::Queue) {
+        for channel in self
+            .app
+            .channels
+            .values()
+            .filter(|c| c.kind == ChannelKind::Queue)
+        {
             self.link(channel)
                 .declare_queue(&channel.address, &channel.group)
                 .await
-                .map_err(|e| anyhow::anyhow!("app `{}`: cannot declare queue `{}`: {e}", self.app.name, channel.name))?;
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "app `{}`: cannot declare queue `{}`: {e}",
+                        self.app.name,
+                        channel.name
+                    )
+                })?;
         }
         for component in &self.components {
             for name in &component.spec.subscriptions {
@@ -209,8 +251,19 @@ impl AppRuntime {
                     .link(channel)
                     .subscribe(&channel.address, subscribe_mode(channel))
                     .await
-                    .map_err(|e| anyhow::anyhow!("app `{}`: cannot subscribe component `{}` to `{name}`: {e}", self.app.name, component.spec.id))?;
-                self.dispatcher.spawn_pump(component.clone(), channel.clone(), sub, self.stop.clone());
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "app `{}`: cannot subscribe component `{}` to `{name}`: {e}",
+                            self.app.name,
+                            component.spec.id
+                        )
+                    })?;
+                self.dispatcher.spawn_pump(
+                    component.clone(),
+                    channel.clone(),
+                    sub,
+                    self.stop.clone(),
+                );
             }
         }
         Ok(())
@@ -218,9 +271,16 @@ impl AppRuntime {
 
     /// Publishes as an outside producer would (no component permission
     /// applies): the channel must exist, the event must be valid and fit.
-    pub async fn publish_external(&self, channel: &str, event: &Event) -> Result<(), MessagingError> {
+    pub async fn publish_external(
+        &self,
+        channel: &str,
+        event: &Event,
+    ) -> Result<(), MessagingError> {
         let channel = self.app.channels.get(channel).ok_or_else(|| {
-            MessagingError::QueueOrTopicNotFound(format!("app `{}` declares no channel `{channel}`", self.app.name))
+            MessagingError::QueueOrTopicNotFound(format!(
+                "app `{}` declares no channel `{channel}`",
+                self.app.name
+            ))
         })?;
         self.send(channel, event).await
     }
@@ -229,9 +289,15 @@ impl AppRuntime {
     /// taking events away from a queue's consumers.
     pub async fn watch(&self, channel: &str) -> Result<Box<dyn Subscription>, MessagingError> {
         let channel = self.app.channels.get(channel).ok_or_else(|| {
-            MessagingError::QueueOrTopicNotFound(format!("app `{}` declares no channel `{channel}`", self.app.name))
+            MessagingError::QueueOrTopicNotFound(format!(
+                "app `{}` declares no channel `{channel}`",
+                self.app.name
+            ))
         })?;
-        Ok(self.link(channel).subscribe(&channel.address, SubscribeMode::Topic).await?)
+        Ok(self
+            .link(channel)
+            .subscribe(&channel.address, SubscribeMode::Topic)
+            .await?)
     }
 
     /// How many dynamic subscriptions are active.
@@ -246,12 +312,15 @@ impl AppRuntime {
     /// Checks an event against the CloudEvents rules and the payload limits,
     /// then hands it to the channel's link.
     async fn send(&self, channel: &Channel, event: &Event) -> Result<(), MessagingError> {
-        event
-            .validate()
-            .map_err(|e| MessagingError::UnsupportedMessageFormat(format!("not a valid CloudEvent: {e}")))?;
+        event.validate().map_err(|e| {
+            MessagingError::UnsupportedMessageFormat(format!("not a valid CloudEvent: {e}"))
+        })?;
         let link = self.link(channel);
         let size = event.payload_len();
-        for (limit, whose) in [(channel.max_payload, "channel"), (link.max_payload(), "link")] {
+        for (limit, whose) in [
+            (channel.max_payload, "channel"),
+            (link.max_payload(), "link"),
+        ] {
             if let Some(limit) = limit
                 && size > limit
             {
@@ -286,7 +355,9 @@ impl AppRuntime {
 
 fn subscribe_mode(channel: &Channel) -> SubscribeMode {
     match channel.kind {
-        ChannelKind::Queue => SubscribeMode::Queue { group: channel.group.clone() },
+        ChannelKind::Queue => SubscribeMode::Queue {
+            group: channel.group.clone(),
+        },
         ChannelKind::Topic => SubscribeMode::Topic,
     }
 }
@@ -336,10 +407,16 @@ impl MessagingCtx for ComponentCtx {
                 self.component, channel.name
             )));
         }
-        let sub = app.link(&channel).subscribe(&channel.address, subscribe_mode(&channel)).await?;
+        let sub = app
+            .link(&channel)
+            .subscribe(&channel.address, subscribe_mode(&channel))
+            .await?;
         let token = format!("{}-{}", app.app.name, uuid::Uuid::new_v4());
         let stop = app.stop.child_token();
-        app.dynamic.lock().unwrap().insert(token.clone(), stop.clone());
+        app.dynamic
+            .lock()
+            .unwrap()
+            .insert(token.clone(), stop.clone());
         tracing::info!(app = %app.app.name, component = %self.component, channel = %channel.name, "subscribed at run time");
         app.dispatcher.spawn_pump(component, channel, sub, stop);
         Ok(token)
@@ -348,7 +425,10 @@ impl MessagingCtx for ComponentCtx {
     async fn unsubscribe(&self, token: String) -> Result<(), MessagingError> {
         let (app, _) = self.parts()?;
         let stop = app.dynamic.lock().unwrap().remove(&token).ok_or_else(|| {
-            MessagingError::QueueOrTopicNotFound(format!("no subscription with token `{token}` in app `{}`", app.app.name))
+            MessagingError::QueueOrTopicNotFound(format!(
+                "no subscription with token `{token}` in app `{}`",
+                app.app.name
+            ))
         })?;
         stop.cancel();
         tracing::info!(app = %app.app.name, component = %self.component, "unsubscribed at run time");

@@ -55,7 +55,9 @@ impl From<MessagingError> for ApiError {
             MessagingError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             MessagingError::UnsupportedMessageFormat(_) => StatusCode::BAD_REQUEST,
             MessagingError::InsufficientPermissions(_) => StatusCode::FORBIDDEN,
-            MessagingError::ServiceUnavailable(_) | MessagingError::DeliveryFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            MessagingError::ServiceUnavailable(_) | MessagingError::DeliveryFailed(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             MessagingError::ConnectionLost(_) => StatusCode::BAD_GATEWAY,
             MessagingError::UnexpectedError(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -66,7 +68,11 @@ impl From<MessagingError> for ApiError {
 fn find_app(apps: &Apps, name: &str) -> Result<Arc<AppRuntime>, ApiError> {
     apps.get(name).cloned().ok_or_else(|| {
         let known: Vec<&str> = apps.keys().map(String::as_str).collect();
-        ApiError(StatusCode::NOT_FOUND, format!("no app `{name}` is loaded (loaded: {})", known.join(", ")), "app-not-found")
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no app `{name}` is loaded (loaded: {})", known.join(", ")),
+            "app-not-found",
+        )
     })
 }
 
@@ -84,17 +90,26 @@ async fn publish(
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
-async fn watch(State(apps): State<Apps>, Path((app, channel)): Path<(String, String)>) -> Result<impl IntoResponse, ApiError> {
+async fn watch(
+    State(apps): State<Apps>,
+    Path((app, channel)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
     let app = find_app(&apps, &app)?;
     let subscription = app.watch(&channel).await?;
     // A first comment tells the client the subscription is in place.
-    let opened = futures::stream::once(async { Ok::<_, Infallible>(SseEvent::default().comment("subscribed")) });
+    let opened = futures::stream::once(async {
+        Ok::<_, Infallible>(SseEvent::default().comment("subscribed"))
+    });
     let events = futures::stream::unfold(subscription, |mut sub| async move {
         let delivery = sub.next().await?;
         let (event, _, ack) = delivery.into_parts();
         let _ = ack.ack().await;
         let doc = String::from_utf8(json::encode(&event)).expect("the JSON format is UTF-8");
-        Some((Ok::<_, Infallible>(SseEvent::default().id(event.id.clone()).data(doc)), sub))
+        Some((
+            Ok::<_, Infallible>(SseEvent::default().id(event.id.clone()).data(doc)),
+            sub,
+        ))
     });
-    Ok(Sse::new(futures::StreamExt::chain(opened, events)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(futures::StreamExt::chain(opened, events))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -46,10 +46,13 @@ impl Provider {
             for channel in app.channels.values() {
                 if !links.contains_key(&channel.link) {
                     let prepared = &config.links[&channel.link];
-                    let broker = prepared
-                        .connect(&channel.link)
-                        .await
-                        .with_context(|| format!("cannot connect link `{}` ({})", channel.link, prepared.link_type()))?;
+                    let broker = prepared.connect(&channel.link).await.with_context(|| {
+                        format!(
+                            "cannot connect link `{}` ({})",
+                            channel.link,
+                            prepared.link_type()
+                        )
+                    })?;
                     links.insert(channel.link.clone(), (prepared.describe(), broker));
                 }
             }
@@ -70,9 +73,16 @@ impl Provider {
                 .values()
                 .map(|c| (c.link.clone(), links[&c.link].1.clone()))
                 .collect();
-            runtimes.insert(app.name.clone(), AppRuntime::new(app, app_links, prepared, dispatcher.clone()));
+            runtimes.insert(
+                app.name.clone(),
+                AppRuntime::new(app, app_links, prepared, dispatcher.clone()),
+            );
         }
-        Ok(Provider { apps: runtimes, links, dispatcher })
+        Ok(Provider {
+            apps: runtimes,
+            links,
+            dispatcher,
+        })
     }
 
     /// Declares queues and starts every subscription from the manifests.
@@ -106,7 +116,11 @@ impl Provider {
             let _ = writeln!(out, "App `{}` ({})", app.name, app.origin.display());
             let _ = writeln!(out, "  channels:");
             for c in app.channels.values() {
-                let _ = write!(out, "    {:<16} {} on link `{}` as `{}`", c.name, c.kind, c.link, c.address);
+                let _ = write!(
+                    out,
+                    "    {:<16} {} on link `{}` as `{}`",
+                    c.name, c.kind, c.link, c.address
+                );
                 if let Some(limit) = c.max_payload {
                     let _ = write!(out, ", max payload {limit} bytes");
                 }
@@ -119,12 +133,24 @@ impl Provider {
             for c in &app.components {
                 let list = |names: &mut dyn Iterator<Item = &String>| {
                     let v: Vec<&str> = names.map(String::as_str).collect();
-                    if v.is_empty() { "-".to_string() } else { v.join(", ") }
+                    if v.is_empty() {
+                        "-".to_string()
+                    } else {
+                        v.join(", ")
+                    }
                 };
                 let _ = writeln!(out, "    {} ({})", c.id, c.source.display());
-                let _ = writeln!(out, "      subscriptions: {}", list(&mut c.subscriptions.iter()));
+                let _ = writeln!(
+                    out,
+                    "      subscriptions: {}",
+                    list(&mut c.subscriptions.iter())
+                );
                 let _ = writeln!(out, "      may publish:   {}", list(&mut c.publish.iter()));
-                let _ = writeln!(out, "      may subscribe: {}", list(&mut c.subscribe.iter()));
+                let _ = writeln!(
+                    out,
+                    "      may subscribe: {}",
+                    list(&mut c.subscribe.iter())
+                );
             }
         }
         let _ = writeln!(out, "Links:");
@@ -149,11 +175,19 @@ impl Provider {
 /// names are unique across them.
 fn load_apps(manifests: &[PathBuf], config: &RuntimeConfig) -> Result<Vec<App>, ConfigErrors> {
     let defaults = [PathBuf::from("spin.toml")];
-    let manifests = if manifests.is_empty() { &defaults[..] } else { manifests };
+    let manifests = if manifests.is_empty() {
+        &defaults[..]
+    } else {
+        manifests
+    };
     let mut apps: Vec<App> = Vec::new();
     let mut errors = Vec::new();
     for path in manifests {
-        let path = if path.is_dir() { path.join("spin.toml") } else { path.clone() };
+        let path = if path.is_dir() {
+            path.join("spin.toml")
+        } else {
+            path.clone()
+        };
         match manifest::load_app(&path, &|link| config.has_link(link)) {
             Ok(app) => {
                 if let Some(other) = apps.iter().find(|a| a.name == app.name) {
@@ -161,7 +195,11 @@ fn load_apps(manifests: &[PathBuf], config: &RuntimeConfig) -> Result<Vec<App>, 
                         file: path.clone(),
                         key: "application.name".into(),
                         line: None,
-                        message: format!("app `{}` is already loaded from {}; app names must be unique", app.name, other.origin.display()),
+                        message: format!(
+                            "app `{}` is already loaded from {}; app names must be unique",
+                            app.name,
+                            other.origin.display()
+                        ),
                     });
                 } else {
                     apps.push(app);
@@ -170,5 +208,9 @@ fn load_apps(manifests: &[PathBuf], config: &RuntimeConfig) -> Result<Vec<App>, 
             Err(e) => errors.extend(e.0),
         }
     }
-    if errors.is_empty() { Ok(apps) } else { Err(ConfigErrors(errors)) }
+    if errors.is_empty() {
+        Ok(apps)
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }

@@ -72,7 +72,11 @@ impl MakeBroker for MakeEmbedded {
         )
     }
 
-    async fn connect(&self, _name: &str, settings: &EmbeddedSettings) -> anyhow::Result<Arc<dyn Broker>> {
+    async fn connect(
+        &self,
+        _name: &str,
+        settings: &EmbeddedSettings,
+    ) -> anyhow::Result<Arc<dyn Broker>> {
         anyhow::ensure!(settings.capacity > 0, "`capacity` must be at least 1");
         Ok(Arc::new(EmbeddedBroker::new(settings.clone())))
     }
@@ -111,7 +115,10 @@ struct Lane {
 impl Lane {
     fn new(capacity: usize) -> Lane {
         let (tx, rx) = mpsc::channel(capacity);
-        Lane { tx, rx: Arc::new(tokio::sync::Mutex::new(rx)) }
+        Lane {
+            tx,
+            rx: Arc::new(tokio::sync::Mutex::new(rx)),
+        }
     }
 }
 
@@ -146,7 +153,9 @@ impl Broker for EmbeddedBroker {
 
     async fn publish(&self, address: &str, event: &Event) -> Result<(), BrokerError> {
         if self.inner.closed.is_cancelled() {
-            return Err(BrokerError::Unavailable("the embedded broker is shut down".into()));
+            return Err(BrokerError::Unavailable(
+                "the embedded broker is shut down".into(),
+            ));
         }
         let targets: Vec<mpsc::Sender<Envelope>> = {
             let addresses = self.inner.addresses.lock().unwrap();
@@ -184,7 +193,10 @@ impl Broker for EmbeddedBroker {
         };
         let event = Arc::new(event.clone());
         for permit in permits {
-            permit.send(Envelope { event: event.clone(), attempt: 1 });
+            permit.send(Envelope {
+                event: event.clone(),
+                attempt: 1,
+            });
         }
         Ok(())
     }
@@ -194,9 +206,15 @@ impl Broker for EmbeddedBroker {
         Ok(())
     }
 
-    async fn subscribe(&self, address: &str, mode: SubscribeMode) -> Result<Box<dyn Subscription>, BrokerError> {
+    async fn subscribe(
+        &self,
+        address: &str,
+        mode: SubscribeMode,
+    ) -> Result<Box<dyn Subscription>, BrokerError> {
         if self.inner.closed.is_cancelled() {
-            return Err(BrokerError::Unavailable("the embedded broker is shut down".into()));
+            return Err(BrokerError::Unavailable(
+                "the embedded broker is shut down".into(),
+            ));
         }
         let (lane, topic_id) = match mode {
             SubscribeMode::Queue { group } => (self.group_lane(address, &group), None),
@@ -241,7 +259,10 @@ impl Subscription for EmbeddedSubscription {
         };
         let event = (*envelope.event).clone();
         let attempt = envelope.attempt;
-        let ack = EmbeddedAck { requeue: self.lane.tx.clone(), envelope };
+        let ack = EmbeddedAck {
+            requeue: self.lane.tx.clone(),
+            envelope,
+        };
         Some(Delivery::new(event, attempt, Box::new(ack)))
     }
 }
@@ -276,8 +297,15 @@ impl Acknowledge for EmbeddedAck {
     async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
         let Envelope { event, attempt } = self.envelope;
         self.requeue
-            .send(Envelope { event, attempt: attempt + 1 })
+            .send(Envelope {
+                event,
+                attempt: attempt + 1,
+            })
             .await
-            .map_err(|_| BrokerError::DeliveryFailed("the subscriber is gone; the event cannot be redelivered".into()))
+            .map_err(|_| {
+                BrokerError::DeliveryFailed(
+                    "the subscriber is gone; the event cannot be redelivered".into(),
+                )
+            })
     }
 }

@@ -73,7 +73,11 @@ pub trait Broker: Send + Sync + 'static {
     }
 
     /// Starts receiving an address's events. Dropping the subscription ends it.
-    async fn subscribe(&self, address: &str, mode: SubscribeMode) -> Result<Box<dyn Subscription>, BrokerError>;
+    async fn subscribe(
+        &self,
+        address: &str,
+        mode: SubscribeMode,
+    ) -> Result<Box<dyn Subscription>, BrokerError>;
 
     /// Closes the link; pending operations fail.
     async fn close(&self) {}
@@ -108,7 +112,11 @@ pub struct Delivery {
 impl Delivery {
     /// Wraps an event with the way to settle it.
     pub fn new(event: Event, attempt: u32, ack: Box<dyn Acknowledge>) -> Self {
-        Delivery { event, attempt, ack }
+        Delivery {
+            event,
+            attempt,
+            ack,
+        }
     }
 
     /// Splits the delivery into its event and its settlement handle.
@@ -128,7 +136,11 @@ pub trait MakeBroker: Send + Sync + 'static {
     /// A one-line description for the start-up summary; never shows secrets.
     fn describe(settings: &Self::Settings) -> String;
     /// Connects (or prepares to connect) the link named `name`.
-    async fn connect(&self, name: &str, settings: &Self::Settings) -> anyhow::Result<Arc<dyn Broker>>;
+    async fn connect(
+        &self,
+        name: &str,
+        settings: &Self::Settings,
+    ) -> anyhow::Result<Arc<dyn Broker>>;
 }
 
 /// A link whose settings were read and checked, ready to connect.
@@ -160,7 +172,11 @@ impl<M: MakeBroker> PreparedLink for Prepared<M> {
     }
 }
 
-type Preparer = Box<dyn Fn(&TomlSource, &KeyPath, toml::Value) -> Result<Box<dyn PreparedLink>, ConfigError> + Send + Sync>;
+type Preparer = Box<
+    dyn Fn(&TomlSource, &KeyPath, toml::Value) -> Result<Box<dyn PreparedLink>, ConfigError>
+        + Send
+        + Sync,
+>;
 
 /// The link types this provider knows, keyed by runtime-config `type`.
 pub struct LinkRegistry {
@@ -170,7 +186,9 @@ pub struct LinkRegistry {
 impl Default for LinkRegistry {
     /// Every link type built into this provider.
     fn default() -> Self {
-        let mut r = LinkRegistry { types: BTreeMap::new() };
+        let mut r = LinkRegistry {
+            types: BTreeMap::new(),
+        };
         r.register(embedded::MakeEmbedded);
         r
     }
@@ -182,9 +200,16 @@ impl LinkRegistry {
         let maker = Arc::new(maker);
         let prepare: Preparer = Box::new(move |src, at, value| {
             let settings: M::Settings = src.deserialize(at, value)?;
-            Ok(Box::new(Prepared { maker: maker.clone(), settings }) as Box<dyn PreparedLink>)
+            Ok(Box::new(Prepared {
+                maker: maker.clone(),
+                settings,
+            }) as Box<dyn PreparedLink>)
         });
-        assert!(self.types.insert(M::TYPE, prepare).is_none(), "link type `{}` registered twice", M::TYPE);
+        assert!(
+            self.types.insert(M::TYPE, prepare).is_none(),
+            "link type `{}` registered twice",
+            M::TYPE
+        );
     }
 
     /// The known type names, for messages.

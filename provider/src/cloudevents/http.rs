@@ -15,7 +15,10 @@ const HEADER_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
 pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Event, String> {
     let content_type = headers
         .get(CONTENT_TYPE)
-        .map(|v| v.to_str().map_err(|_| "the Content-Type header is not ASCII".to_string()))
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| "the Content-Type header is not ASCII".to_string())
+        })
         .transpose()?;
     let lowered = content_type.map(str::to_ascii_lowercase);
     match lowered.as_deref() {
@@ -27,7 +30,11 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Event, String> {
     }
 }
 
-fn decode_binary(headers: &HeaderMap, content_type: Option<&str>, body: &[u8]) -> Result<Event, String> {
+fn decode_binary(
+    headers: &HeaderMap,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Event, String> {
     let mut event = Event {
         datacontenttype: content_type.map(Into::into),
         data: (!body.is_empty() || content_type.is_some()).then(|| body.to_vec()),
@@ -74,15 +81,21 @@ pub fn encode_binary(event: &Event) -> (HeaderMap, Vec<u8>) {
     let mut put = |name: &str, value: &str| {
         let encoded = utf8_percent_encode(value, HEADER_VALUE).to_string();
         headers.append(
-            HeaderName::from_bytes(format!("ce-{name}").as_bytes()).expect("attribute names are valid header names"),
-            HeaderValue::from_str(&encoded).expect("percent-encoded values are valid header values"),
+            HeaderName::from_bytes(format!("ce-{name}").as_bytes())
+                .expect("attribute names are valid header names"),
+            HeaderValue::from_str(&encoded)
+                .expect("percent-encoded values are valid header values"),
         );
     };
     put("specversion", &event.specversion);
     put("id", &event.id);
     put("source", &event.source);
     put("type", &event.ty);
-    for (name, value) in [("dataschema", &event.dataschema), ("subject", &event.subject), ("time", &event.time)] {
+    for (name, value) in [
+        ("dataschema", &event.dataschema),
+        ("subject", &event.subject),
+        ("time", &event.time),
+    ] {
         if let Some(v) = value {
             put(name, v);
         }

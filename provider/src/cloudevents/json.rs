@@ -44,7 +44,11 @@ pub fn encode(event: &Event) -> Vec<u8> {
             && serde_json::from_slice::<&RawValue>(data).is_ok();
         if json_data {
             doc.push_str("\"data\":");
-            doc.push_str(std::str::from_utf8(data).expect("valid JSON is UTF-8").trim());
+            doc.push_str(
+                std::str::from_utf8(data)
+                    .expect("valid JSON is UTF-8")
+                    .trim(),
+            );
         } else if let (Some(ct), Ok(text)) = (content_type, std::str::from_utf8(data))
             && ct.trim_start().to_ascii_lowercase().starts_with("text/")
         {
@@ -132,7 +136,10 @@ mod tests {
         e.data = Some(data.to_vec());
         e.datacontenttype = content_type.map(Into::into);
         e.time = Some("2024-01-01T00:00:00.000Z".into());
-        e.extensions = vec![("traceparent".into(), "00-ab".into()), ("zeta".into(), "1".into())];
+        e.extensions = vec![
+            ("traceparent".into(), "00-ab".into()),
+            ("zeta".into(), "1".into()),
+        ];
         e
     }
 
@@ -173,7 +180,15 @@ mod tests {
         assert_eq!(e.extension("count"), Some("3"));
         assert_eq!(e.extension("ok"), Some("true"));
         assert_eq!(e.data.as_deref(), Some(&br#"{"k":"v"}"#[..]));
-        assert!(decode(b"[]").unwrap_err().contains("not a CloudEvents JSON document"));
-        assert!(decode(br#"{"id":1.5,"data_base64":"%%"}"#).unwrap_err().contains("data_base64"));
+        assert!(
+            decode(b"[]")
+                .unwrap_err()
+                .contains("not a CloudEvents JSON document")
+        );
+        assert!(
+            decode(br#"{"id":1.5,"data_base64":"%%"}"#)
+                .unwrap_err()
+                .contains("data_base64")
+        );
     }
 }

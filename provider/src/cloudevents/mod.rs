@@ -74,14 +74,19 @@ impl Event {
                 self.specversion
             ));
         }
-        for (name, value) in [("id", &self.id), ("source", &self.source), ("type", &self.ty)] {
+        for (name, value) in [
+            ("id", &self.id),
+            ("source", &self.source),
+            ("type", &self.ty),
+        ] {
             if value.is_empty() {
                 return Err(format!("attribute `{name}` must not be empty"));
             }
         }
         if let Some(time) = &self.time {
-            chrono::DateTime::parse_from_rfc3339(time)
-                .map_err(|e| format!("attribute `time` is not an RFC 3339 timestamp ({time:?}: {e})"))?;
+            chrono::DateTime::parse_from_rfc3339(time).map_err(|e| {
+                format!("attribute `time` is not an RFC 3339 timestamp ({time:?}: {e})")
+            })?;
         }
         for (name, _) in &self.extensions {
             validate_extension_name(name)?;

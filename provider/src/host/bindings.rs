@@ -11,6 +11,8 @@ mod generated {
     });
 }
 
-pub use generated::wasi::messaging::types::{Channel, Event as WitEvent, MessagingError as WitError};
+pub use generated::wasi::messaging::types::{
+    Channel, Event as WitEvent, MessagingError as WitError,
+};
 pub use generated::wasi::messaging::{pub_ as publish, sub, types};
 pub use generated::{Service, ServicePre};

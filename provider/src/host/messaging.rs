@@ -141,7 +141,11 @@ impl bindings::types::Host for State {}
 
 impl bindings::publish::Host for State {
     async fn publish(&mut self, c: Channel, e: WitEvent) -> wasmtime::Result<Result<(), WitError>> {
-        Ok(self.messaging.publish(c, e.into()).await.map_err(Into::into))
+        Ok(self
+            .messaging
+            .publish(c, e.into())
+            .await
+            .map_err(Into::into))
     }
 }
 

@@ -12,13 +12,15 @@ mod stdio;
 pub use messaging::{MessagingCtx, MessagingError};
 
 use crate::cloudevents::Event;
-use wasmtime::error::Context as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime::error::Context as _;
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// Where compiled components are cached.
@@ -41,7 +43,8 @@ pub struct HostOptions {
     /// Instances come from a pre-allocated pool (fast); off, each instance
     /// maps its memory anew (the baseline the benchmark compares against).
     pub pooling: bool,
-    /// How many instances may exist at once; bounds the pool.
+    /// How many instances may exist at once: the pool's size, and the bound
+    /// handlers wait on (so a burst queues instead of failing to instantiate).
     pub max_instances: u32,
     /// How long one `on-receive` may run before it is stopped with a trap.
     pub handler_timeout: Duration,
@@ -52,7 +55,7 @@ impl Default for HostOptions {
         HostOptions {
             cache: CacheSetting::Default,
             pooling: true,
-            max_instances: 1000,
+            max_instances: 256,
             handler_timeout: Duration::from_secs(30),
         }
     }
@@ -70,7 +73,10 @@ pub struct State {
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -99,6 +105,8 @@ pub struct Host {
     engine: Engine,
     linker: Linker<State>,
     options: HostOptions,
+    instances: tokio::sync::Semaphore,
+    cache: Option<wasmtime::Cache>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -108,17 +116,18 @@ impl Host {
     pub fn new(options: HostOptions) -> anyhow::Result<Host> {
         let mut config = Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
-        match &options.cache {
-            CacheSetting::Disabled => {}
-            CacheSetting::Default => {
-                config.cache(Some(wasmtime::Cache::from_file(None).context("cannot set up the compiled-code cache")?));
-            }
-            CacheSetting::File(path) => {
-                let cache = wasmtime::Cache::from_file(Some(path))
-                    .with_context(|| format!("cannot read the cache config {}", path.display()))?;
-                config.cache(Some(cache));
-            }
-        }
+        let cache = match &options.cache {
+            CacheSetting::Disabled => None,
+            CacheSetting::Default => Some(
+                wasmtime::Cache::from_file(None)
+                    .context("cannot set up the compiled-code cache")?,
+            ),
+            CacheSetting::File(path) => Some(
+                wasmtime::Cache::from_file(Some(path))
+                    .with_context(|| format!("cannot read the cache config {}", path.display()))?,
+            ),
+        };
+        config.cache(cache.clone());
         if options.pooling {
             let mut pool = PoolingAllocationConfig::new();
             let n = options.max_instances;
@@ -151,7 +160,15 @@ impl Host {
                     }
                 }
             })?;
-        Ok(Host { engine, linker, options, ticker_stop })
+        let instances = tokio::sync::Semaphore::new(options.max_instances as usize);
+        Ok(Host {
+            engine,
+            linker,
+            options,
+            instances,
+            cache,
+            ticker_stop,
+        })
     }
 
     /// Compiles (or loads from the cache) and pre-instantiates a component;
@@ -159,12 +176,18 @@ impl Host {
     pub fn prepare(&self, path: &Path) -> anyhow::Result<PreparedComponent> {
         let component = Component::from_file(&self.engine, path)
             .with_context(|| format!("cannot load the component {}", path.display()))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .with_context(|| format!("{} imports something this host does not provide", path.display()))?;
-        let pre = bindings::ServicePre::new(pre)
-            .with_context(|| format!("{} does not export wasi:messaging/handler@0.1.0-draft", path.display()))?;
+        let pre = self.linker.instantiate_pre(&component).with_context(|| {
+            format!(
+                "{} imports something this host does not provide",
+                path.display()
+            )
+        })?;
+        let pre = bindings::ServicePre::new(pre).with_context(|| {
+            format!(
+                "{} does not export wasi:messaging/handler@0.1.0-draft",
+                path.display()
+            )
+        })?;
         Ok(PreparedComponent { pre })
     }
 
@@ -176,18 +199,30 @@ impl Host {
         who: &InstanceIdentity,
         event: Event,
     ) -> anyhow::Result<Result<(), MessagingError>> {
+        let _slot = self
+            .instances
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdio::LogStream::new(&who.app, &who.component, "stdout"))
             .stderr(stdio::LogStream::new(&who.app, &who.component, "stderr"))
             .envs(&who.environment);
-        let state = State { wasi: wasi.build(), table: ResourceTable::new(), messaging: who.messaging.clone() };
+        let state = State {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            messaging: who.messaging.clone(),
+        };
         let mut store = Store::new(&self.engine, state);
         let deadline = Instant::now() + self.options.handler_timeout;
         let timeout = self.options.handler_timeout;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             if Instant::now() >= deadline {
-                wasmtime::bail!("on-receive ran longer than the handler timeout of {}", humantime::format_duration(timeout));
+                wasmtime::bail!(
+                    "on-receive ran longer than the handler timeout of {}",
+                    humantime::format_duration(timeout)
+                );
             }
             Ok(UpdateDeadline::Yield(1))
         });
@@ -199,9 +234,10 @@ impl Host {
         Ok(result.map_err(MessagingError::from))
     }
 
-    /// The engine, for tools (benchmarks) that compare allocation strategies.
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    /// How many components were loaded from the compiled-code cache rather
+    /// than compiled; `None` with the cache off.
+    pub fn cache_hits(&self) -> Option<usize> {
+        self.cache.as_ref().map(wasmtime::Cache::cache_hits)
     }
 }
 

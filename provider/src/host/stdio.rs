@@ -16,7 +16,10 @@ pub struct LogStream {
 impl LogStream {
     /// A stream whose lines are logged as `[app/component] line`.
     pub fn new(app: &str, component: &str, stream: &'static str) -> Self {
-        LogStream { prefix: format!("{app}/{component}").into(), stream }
+        LogStream {
+            prefix: format!("{app}/{component}").into(),
+            stream,
+        }
     }
 }
 
@@ -28,11 +31,17 @@ impl IsTerminal for LogStream {
 
 impl StdoutStream for LogStream {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(LineWriter { target: self.clone(), pending: Vec::new() })
+        Box::new(LineWriter {
+            target: self.clone(),
+            pending: Vec::new(),
+        })
     }
 
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(LineWriter { target: self.clone(), pending: Vec::new() })
+        Box::new(LineWriter {
+            target: self.clone(),
+            pending: Vec::new(),
+        })
     }
 }
 
@@ -99,10 +108,16 @@ impl tokio::io::AsyncWrite for LineWriter {
         self.write_bytes(buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 }

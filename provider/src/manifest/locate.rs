@@ -33,7 +33,11 @@ impl KeyPath {
 
     /// Parses a dotted path such as `trigger.messaging`.
     pub fn dotted(path: &str) -> KeyPath {
-        KeyPath(path.split('.').map(|k| Segment::Key(k.to_string())).collect())
+        KeyPath(
+            path.split('.')
+                .map(|k| Segment::Key(k.to_string()))
+                .collect(),
+        )
     }
 
     /// Appends the path serde reported, plus the field an "unknown field"
@@ -44,7 +48,8 @@ impl KeyPath {
             match seg {
                 serde_path_to_error::Segment::Seq { index } => p.0.push(Segment::Index(*index)),
                 serde_path_to_error::Segment::Map { key } => p.0.push(Segment::Key(key.clone())),
-                serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+                serde_path_to_error::Segment::Enum { .. }
+                | serde_path_to_error::Segment::Unknown => {}
             }
         }
         if let Some(rest) = message.strip_prefix("unknown field `")
@@ -64,7 +69,10 @@ impl fmt::Display for KeyPath {
         for (i, seg) in self.0.iter().enumerate() {
             match seg {
                 Segment::Key(k) if i == 0 => write!(f, "{k}")?,
-                Segment::Key(k) if k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => {
+                Segment::Key(k)
+                    if k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+                {
                     write!(f, ".{k}")?
                 }
                 Segment::Key(k) => write!(f, ".{k:?}")?,
@@ -103,12 +111,23 @@ impl TomlSource {
             }
         })?;
         let doc = toml_edit::Document::parse(text.clone()).ok();
-        Ok((TomlSource { file: file.to_path_buf(), text, doc }, table))
+        Ok((
+            TomlSource {
+                file: file.to_path_buf(),
+                text,
+                doc,
+            },
+            table,
+        ))
     }
 
     /// A source with no lines to point at (e.g. JSON).
     pub fn without_lines(file: &Path) -> TomlSource {
-        TomlSource { file: file.to_path_buf(), text: String::new(), doc: None }
+        TomlSource {
+            file: file.to_path_buf(),
+            text: String::new(),
+            doc: None,
+        }
     }
 
     /// The file this source was read from.
@@ -129,14 +148,24 @@ impl TomlSource {
 
     /// Deserialises `value`, found at `at`, reporting a wrong type or an
     /// unknown key at its own path and line.
-    pub fn deserialize<T: DeserializeOwned, V>(&self, at: &KeyPath, value: V) -> Result<T, ConfigError>
+    pub fn deserialize<T: DeserializeOwned, V>(
+        &self,
+        at: &KeyPath,
+        value: V,
+    ) -> Result<T, ConfigError>
     where
         V: serde::Deserializer<'static>,
         V::Error: fmt::Display,
     {
         serde_path_to_error::deserialize(value).map_err(|e| {
+            // toml's errors end with an "in `key`" line; the path says that better.
             let message = e.inner().to_string();
-            let message = message.lines().last().unwrap_or_default().to_string();
+            let message = message
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
             let key = at.join_serde(e.path(), &message);
             self.error(&key, message)
         })
@@ -197,7 +226,11 @@ impl<'a> Node<'a> {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 #[cfg(test)]

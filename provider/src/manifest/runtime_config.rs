@@ -42,14 +42,24 @@ impl RuntimeConfig {
     pub fn embedded_default(registry: &LinkRegistry) -> RuntimeConfig {
         let src = TomlSource::without_lines(Path::new("<built-in>"));
         let default = registry
-            .prepare(crate::broker::embedded::MakeEmbedded::TYPE_NAME, &src, &KeyPath::default(), toml::Value::Table(Default::default()))
+            .prepare(
+                crate::broker::embedded::MakeEmbedded::TYPE_NAME,
+                &src,
+                &KeyPath::default(),
+                toml::Value::Table(Default::default()),
+            )
             .expect("the embedded link type is always registered")
             .expect("the embedded link's defaults are valid");
-        RuntimeConfig { links: BTreeMap::from([("default".to_string(), default)]) }
+        RuntimeConfig {
+            links: BTreeMap::from([("default".to_string(), default)]),
+        }
     }
 
     /// Reads a runtime config file; with `None`, only the default link exists.
-    pub fn load(path: Option<&Path>, registry: &LinkRegistry) -> Result<RuntimeConfig, ConfigErrors> {
+    pub fn load(
+        path: Option<&Path>,
+        registry: &LinkRegistry,
+    ) -> Result<RuntimeConfig, ConfigErrors> {
         let mut config = RuntimeConfig::embedded_default(registry);
         let Some(path) = path else { return Ok(config) };
         let (src, table) = TomlSource::read(path)?;
@@ -58,7 +68,10 @@ impl RuntimeConfig {
             if key == LINK_TABLE {
                 let at = KeyPath::dotted(LINK_TABLE);
                 let toml::Value::Table(links) = value else {
-                    errors.push(src.error(&at, format!("must be a table of links: [{LINK_TABLE}.<name>]")));
+                    errors.push(src.error(
+                        &at,
+                        format!("must be a table of links: [{LINK_TABLE}.<name>]"),
+                    ));
                     continue;
                 };
                 for (name, def) in links {
@@ -70,10 +83,17 @@ impl RuntimeConfig {
                     }
                 }
             } else if !SPIN_TABLES.contains(&key.as_str()) {
-                errors.push(src.error(&KeyPath::dotted(&key), format!("unknown key; messaging links are defined in [{LINK_TABLE}.<name>]")));
+                errors.push(src.error(
+                    &KeyPath::dotted(&key),
+                    format!("unknown key; messaging links are defined in [{LINK_TABLE}.<name>]"),
+                ));
             }
         }
-        if errors.is_empty() { Ok(config) } else { Err(ConfigErrors(errors)) }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 
     /// Whether a link of this name exists.
@@ -82,17 +102,32 @@ impl RuntimeConfig {
     }
 }
 
-fn prepare_link(src: &TomlSource, at: &KeyPath, def: toml::Value, registry: &LinkRegistry) -> Result<Box<dyn PreparedLink>, ConfigError> {
+fn prepare_link(
+    src: &TomlSource,
+    at: &KeyPath,
+    def: toml::Value,
+    registry: &LinkRegistry,
+) -> Result<Box<dyn PreparedLink>, ConfigError> {
     let toml::Value::Table(mut settings) = def else {
         return Err(src.error(at, "must be a table with a `type` key"));
     };
     let types = registry.type_names().join(", ");
     let link_type = match settings.remove("type") {
         Some(toml::Value::String(t)) => t,
-        Some(_) => return Err(src.error(&at.key("type"), format!("must be a string, one of: {types}"))),
+        Some(_) => {
+            return Err(src.error(
+                &at.key("type"),
+                format!("must be a string, one of: {types}"),
+            ));
+        }
         None => return Err(src.error(at, format!("missing `type` (one of: {types})"))),
     };
     registry
         .prepare(&link_type, src, at, toml::Value::Table(settings))
-        .unwrap_or_else(|| Err(src.error(&at.key("type"), format!("unknown link type `{link_type}`; known types: {types}"))))
+        .unwrap_or_else(|| {
+            Err(src.error(
+                &at.key("type"),
+                format!("unknown link type `{link_type}`; known types: {types}"),
+            ))
+        })
 }

@@ -116,11 +116,20 @@ pub fn load_app(path: &Path, known_link: &dyn Fn(&str) -> bool) -> Result<App, C
     };
 
     let base = path.parent().unwrap_or(Path::new("."));
-    let channels = channels(&src, &app_at, app_messaging.channels, known_link, &mut errors);
+    let channels = channels(
+        &src,
+        &app_at,
+        app_messaging.channels,
+        known_link,
+        &mut errors,
+    );
     let mut components = Vec::new();
     let mut seen = BTreeSet::new();
     if triggers.is_empty() {
-        errors.push(src.error(&trig_at, "the app has no [[trigger.messaging]] entry, so there is nothing to run"));
+        errors.push(src.error(
+            &trig_at,
+            "the app has no [[trigger.messaging]] entry, so there is nothing to run",
+        ));
     }
     for (i, t) in triggers.into_iter().enumerate() {
         let at = trig_at.index(i);
@@ -129,11 +138,17 @@ pub fn load_app(path: &Path, known_link: &dyn Fn(&str) -> bool) -> Result<App, C
             continue;
         };
         if !seen.insert(id.clone()) {
-            errors.push(src.error(&at.key("component"), format!("component `{id}` already has a [[trigger.messaging]] entry; merge them")));
+            errors.push(src.error(
+                &at.key("component"),
+                format!("component `{id}` already has a [[trigger.messaging]] entry; merge them"),
+            ));
             continue;
         }
         let Some(raw_component) = raw.component.get(&id) else {
-            errors.push(src.error(&at.key("component"), format!("no component `{id}`: define [component.{id}]")));
+            errors.push(src.error(
+                &at.key("component"),
+                format!("no component `{id}`: define [component.{id}]"),
+            ));
             continue;
         };
         let source = component_source(&src, base, &id, raw_component, &mut errors);
@@ -177,8 +192,14 @@ pub fn load_app(path: &Path, known_link: &dyn Fn(&str) -> bool) -> Result<App, C
     })
 }
 
-fn templated(src: &TomlSource, vars: &Variables, at: &KeyPath, mut v: toml::Value) -> Result<toml::Value, ConfigError> {
-    vars.resolve_all(&mut v, at).map_err(|(key, msg)| src.error(&key, msg))?;
+fn templated(
+    src: &TomlSource,
+    vars: &Variables,
+    at: &KeyPath,
+    mut v: toml::Value,
+) -> Result<toml::Value, ConfigError> {
+    vars.resolve_all(&mut v, at)
+        .map_err(|(key, msg)| src.error(&key, msg))?;
     Ok(v)
 }
 
@@ -195,7 +216,10 @@ pub(crate) fn channels(
     for (name, c) in raw {
         let at = at.key("channels").key(&name);
         if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            errors.push(src.error(&at, "channel names must be non-empty and contain no whitespace"));
+            errors.push(src.error(
+                &at,
+                "channel names must be non-empty and contain no whitespace",
+            ));
         }
         let link = c.link.unwrap_or_else(|| "default".into());
         if !known_link(&link) {
@@ -214,34 +238,58 @@ pub(crate) fn channels(
         if let Some(dl) = &c.dead_letter
             && (!names.contains(dl) || dl == &name)
         {
-            errors.push(src.error(&at.key("dead_letter"), format!("`{dl}` must be another channel declared by this app")));
+            errors.push(src.error(
+                &at.key("dead_letter"),
+                format!("`{dl}` must be another channel declared by this app"),
+            ));
         }
-        out.insert(name.clone(), Channel {
-            group: c.group.unwrap_or_else(|| address.clone()),
-            name,
-            kind: c.kind,
-            link,
-            address,
-            max_payload: c.max_payload.map(|n| n as usize),
-            max_attempts: c.max_attempts.unwrap_or(defaults::MAX_ATTEMPTS),
-            dead_letter: c.dead_letter,
-        });
+        out.insert(
+            name.clone(),
+            Channel {
+                group: c.group.unwrap_or_else(|| address.clone()),
+                name,
+                kind: c.kind,
+                link,
+                address,
+                max_payload: c.max_payload.map(|n| n as usize),
+                max_attempts: c.max_attempts.unwrap_or(defaults::MAX_ATTEMPTS),
+                dead_letter: c.dead_letter,
+            },
+        );
     }
     out
 }
 
-fn component_source(src: &TomlSource, base: &Path, id: &str, c: &RawComponent, errors: &mut Vec<ConfigError>) -> Option<PathBuf> {
+fn component_source(
+    src: &TomlSource,
+    base: &Path,
+    id: &str,
+    c: &RawComponent,
+    errors: &mut Vec<ConfigError>,
+) -> Option<PathBuf> {
     let at = KeyPath::dotted("component").key(id).key("source");
     match &c.source {
-        None => errors.push(src.error(&at, format!("component `{id}` has no `source`: give the path of its .wasm file"))),
+        None => errors.push(src.error(
+            &at,
+            format!("component `{id}` has no `source`: give the path of its .wasm file"),
+        )),
         Some(toml::Value::String(s)) => {
             let path = base.join(s);
             if path.is_file() {
                 return Some(path);
             }
-            errors.push(src.error(&at, format!("{} does not exist (build the component first?)", path.display())));
+            errors.push(src.error(
+                &at,
+                format!(
+                    "{} does not exist (build the component first?)",
+                    path.display()
+                ),
+            ));
         }
-        Some(_) => errors.push(src.error(&at, "only a file path is supported as a source (not a url/digest table)")),
+        Some(_) => errors.push(src.error(
+            &at,
+            "only a file path is supported as a source (not a url/digest table)",
+        )),
     }
     None
 }

@@ -35,12 +35,22 @@ impl Variables {
     pub fn new(decls: BTreeMap<String, VariableDecl>) -> Result<Variables, (String, String)> {
         for (name, decl) in &decls {
             let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
-                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
             if !valid {
-                return Err((name.clone(), "variable names are lower-case letters, digits and `_`, starting with a letter".into()));
+                return Err((
+                    name.clone(),
+                    "variable names are lower-case letters, digits and `_`, starting with a letter"
+                        .into(),
+                ));
             }
             if decl.required == decl.default.is_some() {
-                return Err((name.clone(), "a variable has either `required = true` or a `default`, not both or neither".into()));
+                return Err((
+                    name.clone(),
+                    "a variable has either `required = true` or a `default`, not both or neither"
+                        .into(),
+                ));
             }
         }
         Ok(Variables { decls })
@@ -56,9 +66,9 @@ impl Variables {
         if let Ok(value) = std::env::var(&env) {
             return Ok(value);
         }
-        decl.default
-            .clone()
-            .ok_or_else(|| format!("variable `{name}` is required: set the environment variable {env}"))
+        decl.default.clone().ok_or_else(|| {
+            format!("variable `{name}` is required: set the environment variable {env}")
+        })
     }
 
     /// Replaces every `{{ name }}` in `template`.
@@ -80,8 +90,16 @@ impl Variables {
 
     /// Resolves templates in every string of a TOML value found at `at`, in
     /// place; the error carries the path of the failing string.
-    pub fn resolve_all(&self, value: &mut toml::Value, at: &super::KeyPath) -> Result<(), (super::KeyPath, String)> {
-        fn walk(vars: &Variables, v: &mut toml::Value, at: super::KeyPath) -> Result<(), (super::KeyPath, String)> {
+    pub fn resolve_all(
+        &self,
+        value: &mut toml::Value,
+        at: &super::KeyPath,
+    ) -> Result<(), (super::KeyPath, String)> {
+        fn walk(
+            vars: &Variables,
+            v: &mut toml::Value,
+            at: super::KeyPath,
+        ) -> Result<(), (super::KeyPath, String)> {
             match v {
                 toml::Value::String(s) if s.contains("{{") => {
                     *s = vars.resolve(s).map_err(|e| (at, e))?;
@@ -110,8 +128,20 @@ mod tests {
 
     fn vars() -> Variables {
         let mut d = BTreeMap::new();
-        d.insert("prefix".into(), VariableDecl { default: Some("prod".into()), ..Default::default() });
-        d.insert("token_xq".into(), VariableDecl { required: true, ..Default::default() });
+        d.insert(
+            "prefix".into(),
+            VariableDecl {
+                default: Some("prod".into()),
+                ..Default::default()
+            },
+        );
+        d.insert(
+            "token_xq".into(),
+            VariableDecl {
+                required: true,
+                ..Default::default()
+            },
+        );
         Variables::new(d).unwrap()
     }
 
@@ -120,14 +150,24 @@ mod tests {
         let v = vars();
         assert_eq!(v.resolve("{{ prefix }}.orders").unwrap(), "prod.orders");
         assert!(v.resolve("{{nope}}").unwrap_err().contains("not declared"));
-        assert!(v.resolve("{{ token_xq }}").unwrap_err().contains("SPIN_VARIABLE_TOKEN_XQ"));
+        assert!(
+            v.resolve("{{ token_xq }}")
+                .unwrap_err()
+                .contains("SPIN_VARIABLE_TOKEN_XQ")
+        );
         assert!(v.resolve("{{ prefix").unwrap_err().contains("unclosed"));
     }
 
     #[test]
     fn rejects_bad_declarations() {
         let mut d = BTreeMap::new();
-        d.insert("Bad".into(), VariableDecl { default: Some("x".into()), ..Default::default() });
+        d.insert(
+            "Bad".into(),
+            VariableDecl {
+                default: Some("x".into()),
+                ..Default::default()
+            },
+        );
         assert!(Variables::new(d).is_err());
     }
 }

@@ -1,0 +1,12 @@
+//! End-to-end tests: real components (the sample apps and the probe fixture)
+//! on a real provider. One binary; one module per layer of the provider.
+
+mod support;
+
+mod cli;
+mod dispatch;
+mod embedded;
+mod host;
+mod http;
+mod manifest;
+mod samples;

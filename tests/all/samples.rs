@@ -1,0 +1,83 @@
+//! The sample apps, end to end on the embedded broker.
+
+use crate::support::*;
+use std::time::Duration;
+
+#[tokio::test]
+async fn the_relay_ships_orders_and_dead_letters_empty_ones() {
+    guests();
+    let relay = repo().join("sample-apps/relay/spin.toml");
+    let provider = start(&[&relay], None).await;
+    let mut shipments = watch(&provider, "relay", "shipments").await;
+    let mut rejected = watch(&provider, "relay", "rejected").await;
+
+    let mut order = event("o-1", "com.example.order.created");
+    order.data = Some(br#"{"sku":"B2","qty":3}"#.to_vec());
+    order.datacontenttype = Some("application/json".into());
+    order.subject = Some("customer-7".into());
+    order.time = Some("2025-01-01T10:00:00Z".into());
+    send(&provider, "relay", "orders", order).await;
+    let shipped = shipments.next("the shipped event").await;
+    assert_eq!(shipped.id, "o-1-shipped");
+    assert_eq!(shipped.ty, "com.example.order.shipped");
+    assert_eq!(shipped.subject.as_deref(), Some("customer-7"));
+    assert_eq!(shipped.time.as_deref(), Some("2025-01-01T10:00:00Z"));
+    assert_eq!(shipped.extension("relayedfrom"), Some("o-1"));
+    let data: serde_json::Value = serde_json::from_slice(shipped.data.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        data,
+        serde_json::json!({"order": {"sku": "B2", "qty": 3}, "status": "shipped"})
+    );
+
+    let empty = event("o-2", "com.example.order.created");
+    send(&provider, "relay", "orders", empty.clone()).await;
+    assert_eq!(rejected.next("the rejected order").await, empty);
+    shipments.expect_nothing(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn the_watcher_subscribes_and_unsubscribes_at_run_time() {
+    guests();
+    let watcher = repo().join("sample-apps/watcher/spin.toml");
+    let provider = start(&[&watcher], None).await;
+    let mut status = watch(&provider, "watcher", "watch-status").await;
+    let mut log = watch(&provider, "watcher", "watch-log").await;
+
+    let mut start_cmd = event("c-1", "watch.start");
+    start_cmd.data = Some(b"news".to_vec());
+    send(&provider, "watcher", "control", start_cmd).await;
+    let started = status.next("watch.started").await;
+    assert_eq!(started.ty, "watch.started", "{started:?}");
+    let token = started.data.unwrap();
+
+    send(&provider, "watcher", "news", event("n-1", "news.flash")).await;
+    let seen = log.next("the watched event").await;
+    assert_eq!(
+        (seen.id.as_str(), seen.extension("seentype")),
+        ("n-1-seen", Some("news.flash"))
+    );
+    send(
+        &provider,
+        "watcher",
+        "weather",
+        event("w-1", "weather.report"),
+    )
+    .await;
+    log.expect_nothing(Duration::from_millis(300)).await;
+
+    let mut stop_cmd = event("c-2", "watch.stop");
+    stop_cmd.data = Some(token);
+    send(&provider, "watcher", "control", stop_cmd).await;
+    assert_eq!(status.next("watch.stopped").await.ty, "watch.stopped");
+    send(&provider, "watcher", "news", event("n-2", "news.flash")).await;
+    log.expect_nothing(Duration::from_millis(500)).await;
+
+    let mut bad = event("c-3", "watch.start");
+    bad.data = Some(b"control".to_vec());
+    send(&provider, "watcher", "control", bad).await;
+    let failed = status.next("watch.failed").await;
+    assert_eq!(failed.ty, "watch.failed");
+    assert!(
+        String::from_utf8_lossy(failed.data.as_deref().unwrap()).contains("QueueOrTopicNotFound")
+    );
+}

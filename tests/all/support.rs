@@ -1,0 +1,178 @@
+//! Shared helpers: building the guest components, writing app manifests,
+//! starting providers and watching channels.
+
+#![allow(dead_code)]
+
+use messaging_provider::broker::Subscription;
+use messaging_provider::cloudevents::Event;
+use messaging_provider::host::HostOptions;
+use messaging_provider::{Provider, ProviderOptions};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The repository's top directory.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The guest components, built once per test run from source.
+pub struct Guests {
+    pub probe: PathBuf,
+    pub relay: PathBuf,
+    pub watcher: PathBuf,
+}
+
+pub fn guests() -> &'static Guests {
+    static GUESTS: OnceLock<Guests> = OnceLock::new();
+    GUESTS.get_or_init(|| {
+        for dir in ["sample-apps", "tests/fixtures"] {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--release", "--target", "wasm32-wasip2"])
+                .current_dir(repo().join(dir))
+                .status()
+                .expect("cannot run cargo");
+            assert!(
+                status.success(),
+                "building the guests in {dir} failed (is the target installed? `rustup target add wasm32-wasip2`)"
+            );
+        }
+        let out = repo().join("target/wasm/wasm32-wasip2/release");
+        Guests { probe: out.join("probe.wasm"), relay: out.join("relay.wasm"), watcher: out.join("watcher.wasm") }
+    })
+}
+
+/// An app manifest written to a fresh directory. `{probe}` in the text
+/// becomes the probe component's path.
+pub struct AppDir {
+    pub dir: tempfile::TempDir,
+    pub manifest: PathBuf,
+}
+
+pub fn write_app(toml: &str) -> AppDir {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("spin.toml");
+    let text = toml.replace("{probe}", guests().probe.to_str().unwrap());
+    std::fs::write(&manifest, text).unwrap();
+    AppDir { dir, manifest }
+}
+
+/// A probe app: `inbox` queue pushed to the probe, `results` topic it
+/// reports on (both on broker names of their own, so apps stay apart), plus
+/// the extra channel declarations and trigger keys given.
+pub fn probe_app(name: &str, channels: &str, trigger: &str) -> AppDir {
+    write_app(&format!(
+        r#"spin_manifest_version = 2
+[application]
+name = "{name}"
+[application.trigger.messaging.channels]
+inbox = {{ kind = "queue", address = "{name}.inbox" }}
+results = {{ kind = "topic", address = "{name}.results" }}
+{channels}
+[[trigger.messaging]]
+component = "probe"
+subscriptions = ["inbox"]
+{trigger}
+[component.probe]
+source = "{{probe}}"
+"#
+    ))
+}
+
+/// Host options for tests: a small pool, so many providers fit in one process.
+pub fn test_host() -> HostOptions {
+    HostOptions {
+        max_instances: 16,
+        handler_timeout: Duration::from_secs(5),
+        ..HostOptions::default()
+    }
+}
+
+/// Loads and starts a provider.
+pub async fn start(manifests: &[&Path], runtime_config: Option<&Path>) -> Provider {
+    let provider = Provider::load(ProviderOptions {
+        manifests: manifests.iter().map(|p| p.to_path_buf()).collect(),
+        runtime_config: runtime_config.map(Path::to_path_buf),
+        host: test_host(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the provider did not load: {e:#}"));
+    provider.start().await.unwrap();
+    provider
+}
+
+/// A watch on a channel, collecting events with a deadline.
+pub struct Watch(pub Box<dyn Subscription>);
+
+pub async fn watch(provider: &Provider, app: &str, channel: &str) -> Watch {
+    Watch(provider.app(app).unwrap().watch(channel).await.unwrap())
+}
+
+impl Watch {
+    /// The next event, or a panic naming what was awaited after 10 s.
+    pub async fn next(&mut self, what: &str) -> Event {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), self.0.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .expect("the subscription ended");
+        let (event, _, ack) = delivery.into_parts();
+        ack.ack().await.unwrap();
+        event
+    }
+
+    /// The next event whose id is `id`, skipping others.
+    pub async fn next_with_id(&mut self, id: &str) -> Event {
+        loop {
+            let e = self.next(id).await;
+            if e.id == id {
+                return e;
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for `wait`.
+    pub async fn expect_nothing(&mut self, wait: Duration) {
+        if let Ok(Some(d)) = tokio::time::timeout(wait, self.0.next()).await {
+            panic!("expected no event, got {:?}", d.event);
+        }
+    }
+}
+
+/// An event with the given id and type, and a fixed source.
+pub fn event(id: &str, ty: &str) -> Event {
+    Event::new(id, "urn:tests", ty)
+}
+
+/// Publishes into an app's channel as an outside producer.
+pub async fn send(provider: &Provider, app: &str, channel: &str, event: Event) {
+    provider
+        .app(app)
+        .unwrap()
+        .publish_external(channel, &event)
+        .await
+        .unwrap_or_else(|e| panic!("publish to {app}/{channel} failed: {e}"));
+}
+
+/// A probe result: (case, data).
+pub fn outcome(result: &Event) -> (String, String) {
+    (
+        result.extension("case").unwrap_or_default().to_string(),
+        String::from_utf8_lossy(result.data.as_deref().unwrap_or_default()).into_owned(),
+    )
+}
+
+/// Asks the probe to do something and returns its report.
+pub async fn ask(
+    provider: &Provider,
+    app: &str,
+    results: &mut Watch,
+    command: Event,
+) -> (String, String) {
+    let id = command.id.clone();
+    send(provider, app, "inbox", command).await;
+    outcome(&results.next_with_id(&format!("{id}-result")).await)
+}
