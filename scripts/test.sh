@@ -4,7 +4,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Brokers the tests talk to: each is checked, and started when it is down.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+ensure() {
+  local name=$1 port=$2; shift 2
+  listening "$port" && return 0
+  echo "$name is not listening on 127.0.0.1:$port; starting it"
+  "$@"
+  for _ in $(seq 150); do listening "$port" && return 0; sleep 0.2; done
+  echo "$name did not start on port $port" >&2
+  exit 1
+}
+ensure NATS 4222 start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+  -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+
 rustup target add wasm32-wasip2
+# Clients that are not ours, for the interoperation tests.
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore nats-py
 # The tests build the guests themselves too; doing it here shows the output.
 (cd sample-apps && cargo build --target wasm32-wasip2 --release)
 (cd tests/fixtures && cargo build --target wasm32-wasip2 --release)

@@ -4,9 +4,11 @@
 mod support;
 
 mod cli;
+mod conformance;
 mod dispatch;
 mod embedded;
 mod host;
 mod http;
 mod manifest;
+mod nats;
 mod samples;

@@ -184,13 +184,21 @@ impl Broker for EmbeddedBroker {
             permits
         };
         let timeout = self.inner.settings.publish_timeout;
+        let lost = || {
+            BrokerError::ConnectionLost("the embedded broker shut down during the publish".into())
+        };
         let permits = tokio::select! {
+            biased;
+            _ = self.inner.closed.cancelled() => return Err(lost()),
             r = tokio::time::timeout(timeout, reserve_all) => r.map_err(|_| BrokerError::DeliveryFailed(format!(
                 "`{address}` stayed full for {}: its consumers are not keeping up (capacity {})",
                 humantime::format_duration(timeout), self.inner.settings.capacity
             )))?,
-            _ = self.inner.closed.cancelled() => return Err(BrokerError::ConnectionLost("the embedded broker shut down during the publish".into())),
         };
+        // Closing drops the buffers, which also ends the wait for room.
+        if self.inner.closed.is_cancelled() {
+            return Err(lost());
+        }
         let event = Arc::new(event.clone());
         for permit in permits {
             permit.send(Envelope {

@@ -2,6 +2,7 @@
 //! makes a link from its runtime-config `type`. Each link type is one module.
 
 pub mod embedded;
+pub mod nats;
 
 use crate::cloudevents::Event;
 use crate::manifest::{ConfigError, KeyPath, TomlSource};
@@ -190,6 +191,7 @@ impl Default for LinkRegistry {
             types: BTreeMap::new(),
         };
         r.register(embedded::MakeEmbedded);
+        r.register(nats::MakeNats);
         r
     }
 }

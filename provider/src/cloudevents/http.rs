@@ -2,13 +2,17 @@
 //! headers, data as the body) and structured mode (the JSON format as the
 //! body). Batched mode is refused.
 
+use super::binary::BinaryMode;
 use super::{Event, JSON_FORMAT, json};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header::CONTENT_TYPE};
-use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
-/// Characters the binding requires to be percent-encoded in header values:
-/// space, `"`, `%` and everything outside printable ASCII.
-const HEADER_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+/// HTTP binary mode: `ce-` headers, percent-encoded; `Content-Type` is the
+/// data content type.
+pub const BINARY: BinaryMode = BinaryMode {
+    prefixes: &["ce-"],
+    percent_encoded: true,
+    content_type_as_attribute: false,
+};
 
 /// Reads an event from an HTTP request or response, in whichever mode its
 /// content type says.
@@ -25,7 +29,7 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Event, String> {
         Some(ct) if ct.starts_with("application/cloudevents-batch") => {
             Err("batched mode (application/cloudevents-batch+json) is not supported: send one event per request".into())
         }
-        Some(ct) if ct.starts_with("application/cloudevents") => json::decode(body),
+        _ if super::is_structured(content_type) => json::decode(body),
         _ => decode_binary(headers, content_type, body),
     }
 }
@@ -35,73 +39,30 @@ fn decode_binary(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<Event, String> {
-    let mut event = Event {
-        datacontenttype: content_type.map(Into::into),
-        data: (!body.is_empty() || content_type.is_some()).then(|| body.to_vec()),
-        ..Default::default()
-    };
-    let mut found_any = false;
+    let mut entries = Vec::new();
     for (name, value) in headers {
-        let Some(attr) = name.as_str().strip_prefix("ce-") else {
-            continue;
-        };
-        found_any = true;
-        let raw = value
+        let value = value
             .to_str()
             .map_err(|_| format!("header `{name}` is not ASCII; percent-encode it"))?;
-        let value = percent_decode_str(raw)
-            .decode_utf8()
-            .map_err(|_| format!("header `{name}` does not percent-decode to UTF-8"))?
-            .into_owned();
-        match attr {
-            "specversion" => event.specversion = value,
-            "id" => event.id = value,
-            "source" => event.source = value,
-            "type" => event.ty = value,
-            "dataschema" => event.dataschema = Some(value),
-            "subject" => event.subject = Some(value),
-            "time" => event.time = Some(value),
-            "datacontenttype" => {
-                return Err("in binary mode the data content type goes in Content-Type, not ce-datacontenttype".into());
-            }
-            _ => event.extensions.push((attr.to_string(), value)),
-        }
+        entries.push((name.as_str(), value));
     }
-    if !found_any {
-        return Err(format!(
+    let data = (!body.is_empty() || content_type.is_some()).then(|| body.to_vec());
+    BINARY.read(entries, content_type, data)?.ok_or_else(|| {
+        format!(
             "no CloudEvent in the request: send ce-specversion, ce-id, ce-source and ce-type headers (binary mode) or a Content-Type of {JSON_FORMAT} (structured mode)"
-        ));
-    }
-    Ok(event)
+        )
+    })
 }
 
 /// Writes an event in binary mode: returns the headers and the body.
 pub fn encode_binary(event: &Event) -> (HeaderMap, Vec<u8>) {
     let mut headers = HeaderMap::new();
-    let mut put = |name: &str, value: &str| {
-        let encoded = utf8_percent_encode(value, HEADER_VALUE).to_string();
+    for (name, value) in BINARY.write(event) {
         headers.append(
-            HeaderName::from_bytes(format!("ce-{name}").as_bytes())
+            HeaderName::from_bytes(name.as_bytes())
                 .expect("attribute names are valid header names"),
-            HeaderValue::from_str(&encoded)
-                .expect("percent-encoded values are valid header values"),
+            HeaderValue::from_str(&value).expect("percent-encoded values are valid header values"),
         );
-    };
-    put("specversion", &event.specversion);
-    put("id", &event.id);
-    put("source", &event.source);
-    put("type", &event.ty);
-    for (name, value) in [
-        ("dataschema", &event.dataschema),
-        ("subject", &event.subject),
-        ("time", &event.time),
-    ] {
-        if let Some(v) = value {
-            put(name, v);
-        }
-    }
-    for (name, value) in &event.extensions {
-        put(name, value);
     }
     if let Some(ct) = &event.datacontenttype
         && let Ok(v) = HeaderValue::from_str(ct)

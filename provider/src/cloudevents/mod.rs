@@ -1,15 +1,31 @@
 //! CloudEvents: the one event model every layer shares, its validation, and
 //! its mapping to each protocol binding (one submodule per binding).
 
+pub mod binary;
 pub mod http;
 pub mod json;
+pub mod nats;
 
 /// The media type of the CloudEvents JSON event format (structured mode).
 pub const JSON_FORMAT: &str = "application/cloudevents+json";
 
+/// The `type` given to a plain message wrapped into an event.
+pub const PLAIN_TYPE: &str = "dev.trigger-messaging.plain";
+
+/// Whether a content type says the body is a structured-mode event.
+pub fn is_structured(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| {
+        ct.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("application/cloudevents")
+    })
+}
+
 /// A CloudEvent, shaped like the WIT `event` record so that conversions to and
-/// from guests are field-for-field and lose nothing.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// from guests are field-for-field and lose nothing. Two events are equal
+/// when their attributes are, whatever the order of their extensions (brokers'
+/// header maps do not keep it).
+#[derive(Clone, Debug, Default, Eq)]
 pub struct Event {
     /// CloudEvents `specversion`; only "1.0" is valid.
     pub specversion: String,
@@ -31,6 +47,26 @@ pub struct Event {
     pub time: Option<String>,
     /// Extension attributes, in the order the producer gave them.
     pub extensions: Vec<(String, String)>,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        fn sorted(e: &Event) -> Vec<&(String, String)> {
+            let mut x: Vec<_> = e.extensions.iter().collect();
+            x.sort();
+            x
+        }
+        self.specversion == other.specversion
+            && self.ty == other.ty
+            && self.source == other.source
+            && self.id == other.id
+            && self.data == other.data
+            && self.datacontenttype == other.datacontenttype
+            && self.dataschema == other.dataschema
+            && self.subject == other.subject
+            && self.time == other.time
+            && sorted(self) == sorted(other)
+    }
 }
 
 /// Attribute names the specification defines; an extension may not reuse them.
@@ -92,6 +128,26 @@ impl Event {
             validate_extension_name(name)?;
         }
         Ok(())
+    }
+
+    /// Wraps a message that carries no CloudEvents metadata (a plain
+    /// publisher) into a valid event: a new UUID as `id`, `source`
+    /// `urn:trigger-messaging:<link>:<address>`, type [`PLAIN_TYPE`], and the
+    /// broker's content type as `datacontenttype` when it has one.
+    pub fn wrap_plain(
+        link: &str,
+        address: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Event {
+        let mut event = Event::new(
+            uuid::Uuid::new_v4().to_string(),
+            format!("urn:trigger-messaging:{link}:{address}"),
+            PLAIN_TYPE,
+        );
+        event.datacontenttype = content_type.map(Into::into);
+        event.data = Some(body);
+        event
     }
 
     /// The value of an extension attribute, if the event has it.

@@ -1,0 +1,478 @@
+//! NATS links (`type = "nats"`): core NATS (a topic is a subject, a queue a
+//! queue group; at most once), or with `jetstream = true` a stream per
+//! address with explicit acks (a topic subscriber gets its own consumer, a
+//! queue's consumers share one durable consumer; at least once).
+//!
+//! The client connects at start and, if the server is not there yet, keeps
+//! trying in the background; it reconnects with backoff and re-subscribes on
+//! its own. While it is disconnected a publish fails at once with
+//! `service-unavailable`.
+
+use super::{Acknowledge, Broker, BrokerError, Delivery, MakeBroker, SubscribeMode, Subscription};
+use crate::cloudevents::Event;
+use crate::cloudevents::nats::{ContentMode, decode, encode};
+use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::{HeaderMap, connection::State};
+use async_trait::async_trait;
+use futures::StreamExt as _;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Makes NATS links.
+pub struct MakeNats;
+
+/// `[messaging_link.<name>]` settings of a NATS link.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    /// Server URL(s), comma-separated.
+    #[serde(default = "default_url")]
+    pub url: String,
+    /// User name (with `password`).
+    pub user: Option<String>,
+    /// Password (with `user`).
+    pub password: Option<String>,
+    /// Token authentication.
+    pub token: Option<String>,
+    /// A `.creds` file (JWT + NKey).
+    pub credentials_file: Option<PathBuf>,
+    /// Require TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// A CA certificate file (PEM) to trust.
+    pub ca_file: Option<PathBuf>,
+    /// How events are written: `binary` (ce- headers) or `structured` (JSON).
+    #[serde(default)]
+    pub content_mode: ContentMode,
+    /// How long a publish may take before it fails.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// Use JetStream: at-least-once delivery with explicit acks.
+    #[serde(default)]
+    pub jetstream: bool,
+    /// JetStream: how long an unacknowledged delivery waits before redelivery.
+    #[serde(default = "default_ack_wait", with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// JetStream: streams are named this prefix + the address (dots become `_`).
+    #[serde(default = "default_stream_prefix")]
+    pub stream_prefix: String,
+}
+
+fn default_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_ack_wait() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_stream_prefix() -> String {
+    "MESSAGING_".into()
+}
+
+/// The URL without user information, for logs.
+fn redacted(url: &str) -> String {
+    url.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***@{}", &u[..scheme], &u[at + 1..])
+            }
+            _ => u.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[async_trait]
+impl MakeBroker for MakeNats {
+    const TYPE: &'static str = "nats";
+    type Settings = NatsSettings;
+
+    fn describe(s: &NatsSettings) -> String {
+        let mode = if s.jetstream {
+            "JetStream, at least once"
+        } else {
+            "core, at most once"
+        };
+        format!(
+            "nats {} ({mode}, {:?} mode)",
+            redacted(&s.url),
+            s.content_mode
+        )
+    }
+
+    async fn connect(&self, name: &str, s: &NatsSettings) -> anyhow::Result<Arc<dyn Broker>> {
+        anyhow::ensure!(
+            s.user.is_some() == s.password.is_some(),
+            "`user` and `password` go together"
+        );
+        let link = name.to_string();
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("trigger-messaging/{name}"))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(s.publish_timeout)
+            .event_callback(move |event| {
+                let link = link.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!(link = %link, "NATS link connected")
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!(link = %link, "NATS link disconnected; reconnecting")
+                        }
+                        other => tracing::info!(link = %link, "NATS link: {other}"),
+                    }
+                }
+            });
+        if let (Some(user), Some(password)) = (&s.user, &s.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &s.token {
+            options = options.token(token.clone());
+        }
+        if let Some(file) = &s.credentials_file {
+            options = options.credentials_file(file).await?;
+        }
+        if let Some(ca) = &s.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        options = options.require_tls(s.tls);
+        let client = options.connect(s.url.as_str()).await?;
+        // Wait briefly for the first connection, so that a server that is up
+        // is used from the first event; one that is down does not stop the start.
+        for _ in 0..50 {
+            if client.connection_state() == State::Connected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if client.connection_state() != State::Connected {
+            tracing::warn!(link = %name, url = %redacted(&s.url), "NATS server not reachable yet; retrying in the background");
+        }
+        let js = s.jetstream.then(|| jetstream::new(client.clone()));
+        Ok(Arc::new(NatsBroker {
+            name: name.into(),
+            client,
+            js,
+            settings: s.clone(),
+            streams: Mutex::default(),
+        }))
+    }
+}
+
+struct NatsBroker {
+    name: String,
+    client: async_nats::Client,
+    js: Option<jetstream::Context>,
+    settings: NatsSettings,
+    /// Addresses whose stream is known to exist.
+    streams: Mutex<HashSet<String>>,
+}
+
+/// JetStream names may not hold `.`, `*`, `>`, spaces or path separators.
+fn js_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl NatsBroker {
+    fn check_connected(&self) -> Result<(), BrokerError> {
+        match self.client.connection_state() {
+            State::Connected => Ok(()),
+            state => Err(BrokerError::Unavailable(format!(
+                "NATS link `{}` is not connected ({state:?})",
+                self.name
+            ))),
+        }
+    }
+
+    async fn stream(
+        &self,
+        js: &jetstream::Context,
+        address: &str,
+    ) -> Result<stream::Stream, BrokerError> {
+        let name = format!("{}{}", self.settings.stream_prefix, js_name(address));
+        let config = stream::Config {
+            name: name.clone(),
+            subjects: vec![address.to_string()],
+            ..Default::default()
+        };
+        let stream = js.get_or_create_stream(config).await.map_err(|e| {
+            BrokerError::Unavailable(format!("JetStream stream `{name}` for `{address}`: {e}"))
+        })?;
+        self.streams.lock().unwrap().insert(address.to_string());
+        Ok(stream)
+    }
+
+    async fn durable(
+        &self,
+        js: &jetstream::Context,
+        address: &str,
+        group: &str,
+    ) -> Result<pull::Stream, BrokerError> {
+        let stream = self.stream(js, address).await?;
+        let name = js_name(group);
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: address.to_string(),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: self.settings.ack_wait,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("JetStream consumer `{name}`: {e}")))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))
+    }
+}
+
+fn headers_of(pairs: Vec<(String, String)>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (k, v) in pairs {
+        headers.append(k.as_str(), v.as_str());
+    }
+    headers
+}
+
+fn pairs_of(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
+    let Some(headers) = headers else {
+        return Vec::new();
+    };
+    headers
+        .iter()
+        .flat_map(|(k, values)| values.iter().map(move |v| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+fn event_of(link: &str, subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Event {
+    let pairs = pairs_of(headers);
+    let borrowed: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    decode(&borrowed, payload, (link, subject)).unwrap_or_else(|e| {
+        // Malformed CloudEvents metadata: deliver the bytes rather than lose them.
+        tracing::warn!(
+            link,
+            subject,
+            "malformed CloudEvent ({e}); delivering it as a plain message"
+        );
+        Event::wrap_plain(link, subject, None, payload.to_vec())
+    })
+}
+
+#[async_trait]
+impl Broker for NatsBroker {
+    fn max_payload(&self) -> Option<usize> {
+        Some(self.client.server_info().max_payload).filter(|&n| n > 0)
+    }
+
+    async fn publish(&self, address: &str, event: &Event) -> Result<(), BrokerError> {
+        self.check_connected()?;
+        let (headers, body) = encode(event, self.settings.content_mode);
+        let headers = headers_of(headers);
+        let timeout = self.settings.publish_timeout;
+        let timed_out = || {
+            BrokerError::DeliveryFailed(format!(
+                "NATS did not confirm the publish to `{address}` within {}",
+                humantime::format_duration(timeout)
+            ))
+        };
+        match &self.js {
+            None => {
+                self.client
+                    .publish_with_headers(address.to_string(), headers, body.into())
+                    .await
+                    .map_err(|e| BrokerError::ConnectionLost(e.to_string()))?;
+                tokio::time::timeout(timeout, self.client.flush())
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(|e| BrokerError::ConnectionLost(e.to_string()))
+            }
+            Some(js) => {
+                if !self.streams.lock().unwrap().contains(address) {
+                    self.stream(js, address).await?;
+                }
+                let ack = js
+                    .publish_with_headers(address.to_string(), headers, body.into())
+                    .await
+                    .map_err(|e| BrokerError::ConnectionLost(e.to_string()))?;
+                tokio::time::timeout(timeout, ack)
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map(drop)
+                    .map_err(|e| {
+                        BrokerError::DeliveryFailed(format!(
+                            "JetStream did not store the event: {e}"
+                        ))
+                    })
+            }
+        }
+    }
+
+    async fn declare_queue(&self, address: &str, group: &str) -> Result<(), BrokerError> {
+        if let Some(js) = &self.js {
+            self.check_connected()?;
+            drop(self.durable(js, address, group).await?);
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        address: &str,
+        mode: SubscribeMode,
+    ) -> Result<Box<dyn Subscription>, BrokerError> {
+        let link = self.name.clone();
+        let address_owned = address.to_string();
+        match (&self.js, mode) {
+            (None, mode) => {
+                let subscriber = match mode {
+                    SubscribeMode::Topic => self.client.subscribe(address_owned.clone()).await,
+                    SubscribeMode::Queue { group } => {
+                        self.client
+                            .queue_subscribe(address_owned.clone(), group)
+                            .await
+                    }
+                }
+                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+                Ok(Box::new(CoreSubscription { link, subscriber }))
+            }
+            (Some(js), SubscribeMode::Queue { group }) => {
+                self.check_connected()?;
+                let messages = self.durable(js, address, &group).await?;
+                Ok(Box::new(JsSubscription { link, messages }))
+            }
+            (Some(js), SubscribeMode::Topic) => {
+                self.check_connected()?;
+                let stream = self.stream(js, address).await?;
+                let consumer: jetstream::consumer::PullConsumer = stream
+                    .create_consumer(pull::Config {
+                        filter_subject: address_owned,
+                        deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                        ack_wait: self.settings.ack_wait,
+                        inactive_threshold: Duration::from_secs(60),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| {
+                        BrokerError::Unavailable(format!("JetStream consumer for `{address}`: {e}"))
+                    })?;
+                let messages = consumer
+                    .messages()
+                    .await
+                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+                Ok(Box::new(JsSubscription { link, messages }))
+            }
+        }
+    }
+
+    async fn close(&self) {
+        let _ = self.client.drain().await;
+    }
+}
+
+/// Dropping the subscriber unsubscribes it.
+struct CoreSubscription {
+    link: String,
+    subscriber: async_nats::Subscriber,
+}
+
+/// Core NATS has nothing to settle: delivery is at most once.
+struct NoAck;
+
+#[async_trait]
+impl Acknowledge for NoAck {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        Ok(())
+    }
+    async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Subscription for CoreSubscription {
+    async fn next(&mut self) -> Option<Delivery> {
+        let message = self.subscriber.next().await?;
+        let event = event_of(
+            &self.link,
+            message.subject.as_str(),
+            message.headers.as_ref(),
+            &message.payload,
+        );
+        Some(Delivery::new(event, 1, Box::new(NoAck)))
+    }
+}
+
+struct JsSubscription {
+    link: String,
+    messages: pull::Stream,
+}
+
+struct JsAck(jetstream::Message);
+
+#[async_trait]
+impl Acknowledge for JsAck {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        self.0
+            .ack()
+            .await
+            .map_err(|e| BrokerError::ConnectionLost(e.to_string()))
+    }
+    async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
+        self.0
+            .ack_with(jetstream::AckKind::Nak(None))
+            .await
+            .map_err(|e| BrokerError::ConnectionLost(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl Subscription for JsSubscription {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            match self.messages.next().await? {
+                Ok(message) => {
+                    let attempt = message
+                        .info()
+                        .map(|i| i.delivered.max(1) as u32)
+                        .unwrap_or(1);
+                    let event = event_of(
+                        &self.link,
+                        message.subject.as_str(),
+                        message.headers.as_ref(),
+                        &message.payload,
+                    );
+                    return Some(Delivery::new(event, attempt, Box::new(JsAck(message))));
+                }
+                Err(e) => {
+                    // Missed heartbeats and the like while the server is away: the
+                    // stream keeps pulling once it is back.
+                    tracing::warn!(link = %self.link, "JetStream subscription: {e}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Binary content mode, shared by every binding that has metadata: the
+//! attributes travel as prefixed metadata entries (`ce-` headers for HTTP and
+//! NATS, `cloudEvents_` for AMQP, no prefix for MQTT 5 user properties), the
+//! data as the body. Bindings differ only in the prefix, whether values are
+//! percent-encoded, and whether `datacontenttype` travels as an attribute or
+//! as the protocol's own content type.
+
+use super::Event;
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+/// Characters the HTTP and NATS bindings percent-encode in values: space,
+/// `"`, `%` and everything outside printable ASCII.
+const UNSAFE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+
+/// How one binding writes attributes as metadata.
+#[derive(Clone, Copy, Debug)]
+pub struct BinaryMode {
+    /// Prefixes that mark an entry as an attribute; the first is written,
+    /// all are read (AMQP readers accept `cloudEvents_` and `cloudEvents:`).
+    pub prefixes: &'static [&'static str],
+    /// Whether values are percent-encoded.
+    pub percent_encoded: bool,
+    /// Whether `datacontenttype` is a prefixed entry (NATS) rather than the
+    /// protocol's content type (HTTP, AMQP, MQTT 5).
+    pub content_type_as_attribute: bool,
+}
+
+impl BinaryMode {
+    /// The metadata entries for an event (everything but the data).
+    pub fn write(&self, event: &Event) -> Vec<(String, String)> {
+        let prefix = self.prefixes[0];
+        let mut out = Vec::with_capacity(6 + event.extensions.len());
+        let mut put = |name: &str, value: &str| {
+            let value = if self.percent_encoded {
+                utf8_percent_encode(value, UNSAFE).to_string()
+            } else {
+                value.to_string()
+            };
+            out.push((format!("{prefix}{name}"), value));
+        };
+        put("specversion", &event.specversion);
+        put("id", &event.id);
+        put("source", &event.source);
+        put("type", &event.ty);
+        let content_type = event
+            .datacontenttype
+            .as_ref()
+            .filter(|_| self.content_type_as_attribute);
+        for (name, value) in [
+            ("datacontenttype", content_type),
+            ("dataschema", event.dataschema.as_ref()),
+            ("subject", event.subject.as_ref()),
+            ("time", event.time.as_ref()),
+        ] {
+            if let Some(v) = value {
+                put(name, v);
+            }
+        }
+        for (name, value) in &event.extensions {
+            put(name, value);
+        }
+        out
+    }
+
+    /// Reads an event from metadata entries; `None` when no entry carries an
+    /// attribute (a plain message). `content_type` is the protocol's content
+    /// type, used when `datacontenttype` is not an attribute here.
+    pub fn read<'a>(
+        &self,
+        entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+        content_type: Option<&str>,
+        data: Option<Vec<u8>>,
+    ) -> Result<Option<Event>, String> {
+        let mut event = Event {
+            data,
+            ..Default::default()
+        };
+        if !self.content_type_as_attribute {
+            event.datacontenttype = content_type.map(Into::into);
+        }
+        let mut found = false;
+        for (key, raw) in entries {
+            let Some(attr) = self.attribute_name(key) else {
+                continue;
+            };
+            found = true;
+            let value = if self.percent_encoded {
+                percent_decode_str(raw)
+                    .decode_utf8()
+                    .map_err(|_| format!("`{key}` does not percent-decode to UTF-8"))?
+                    .into_owned()
+            } else {
+                raw.to_string()
+            };
+            match attr.as_str() {
+                "specversion" => event.specversion = value,
+                "id" => event.id = value,
+                "source" => event.source = value,
+                "type" => event.ty = value,
+                "dataschema" => event.dataschema = Some(value),
+                "subject" => event.subject = Some(value),
+                "time" => event.time = Some(value),
+                "datacontenttype" if self.content_type_as_attribute => {
+                    event.datacontenttype = Some(value)
+                }
+                "datacontenttype" => {
+                    return Err(format!(
+                        "the data content type goes in the protocol's content type, not `{key}`"
+                    ));
+                }
+                _ => event.extensions.push((attr, value)),
+            }
+        }
+        Ok(found.then_some(event))
+    }
+
+    fn attribute_name(&self, key: &str) -> Option<String> {
+        self.prefixes.iter().find_map(|p| {
+            let head = key.get(..p.len())?;
+            (head.eq_ignore_ascii_case(p) && key.len() > p.len())
+                .then(|| key[p.len()..].to_ascii_lowercase())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AMQP_LIKE: BinaryMode = BinaryMode {
+        prefixes: &["cloudEvents_", "cloudEvents:"],
+        percent_encoded: false,
+        content_type_as_attribute: false,
+    };
+
+    #[test]
+    fn reads_every_accepted_prefix_and_finds_plain_messages() {
+        let e = AMQP_LIKE
+            .read(
+                [
+                    ("cloudEvents:id", "1"),
+                    ("cloudEvents_type", "t"),
+                    ("other", "x"),
+                ],
+                Some("text/plain"),
+                None,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (e.id.as_str(), e.ty.as_str(), e.datacontenttype.as_deref()),
+            ("1", "t", Some("text/plain"))
+        );
+        assert_eq!(AMQP_LIKE.read([("other", "x")], None, None).unwrap(), None);
+    }
+}
