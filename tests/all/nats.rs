@@ -260,3 +260,175 @@ async fn core_nats_reconnects_and_resubscribes_after_a_restart() {
 async fn jetstream_reconnects_and_resubscribes_after_a_restart() {
     reconnects(true).await;
 }
+
+#[tokio::test]
+async fn the_servers_max_payload_surfaces_before_sending() {
+    let base = format!(
+        "maxpayload.{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    let (app, rc) = app_on("type = \"nats\"\n", &base);
+    let provider = start(&[&app.manifest], Some(rc.path())).await;
+    let limit = provider
+        .link("bus")
+        .unwrap()
+        .max_payload()
+        .expect("the server announces its limit");
+    let mut results = watch(&provider, "natsapp", "results").await;
+    let mut cmd = event("big", "probe.publish");
+    cmd.subject = Some("topic:out".into());
+    cmd.extensions
+        .push(("mutate".into(), format!("size:{}", limit + 1)));
+    let (case, message) = ask(&provider, "natsapp", &mut results, cmd).await;
+    assert_eq!(case, "payload-too-large", "{message}");
+    assert!(
+        message.contains(&format!("link limit of {limit} bytes")),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn secrets_come_from_the_environment_and_are_never_printed() {
+    let rc = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        rc.path(),
+        "[messaging_link.bus]\ntype = \"nats\"\nurl = \"nats://watcher:{{ nats_secret_pw }}@127.0.0.1:4222\"\n",
+    )
+    .unwrap();
+    let (app, _) = app_on("type = \"nats\"\n", "secrets");
+    let mut missing = run(&[
+        "up",
+        "-f",
+        app.manifest.to_str().unwrap(),
+        "--runtime-config-file",
+        rc.path().to_str().unwrap(),
+    ]);
+    assert_eq!(missing.wait_exit(Duration::from_secs(30)), 1);
+    missing.wait_for("stderr", "messaging_link.bus.url`: `{{ nats_secret_pw }}` needs the environment variable SPIN_VARIABLE_NATS_SECRET_PW");
+
+    let child = Command::new(env!("CARGO_BIN_EXE_trigger-messaging"))
+        .args([
+            "up",
+            "-f",
+            app.manifest.to_str().unwrap(),
+            "--runtime-config-file",
+            rc.path().to_str().unwrap(),
+        ])
+        .env("SPIN_VARIABLE_NATS_SECRET_PW", "hunter2-secret")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Running::adopt(child);
+    let link_line = running.wait_for("stdout", "bus ");
+    assert!(
+        link_line.contains("nats nats://***@127.0.0.1:4222"),
+        "{link_line}"
+    );
+    running.wait_for("stdout", "Ready");
+    running.terminate();
+    assert_eq!(running.wait_exit(Duration::from_secs(15)), 0);
+    assert!(
+        !running.all().contains("hunter2"),
+        "the password leaked:\n{}",
+        running.all()
+    );
+}
+
+/// Two provider processes consume one queue channel: each event is handled
+/// exactly once between them.
+async fn two_processes_share_a_queue(jetstream: bool) {
+    let base = format!(
+        "shared.{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    let link = format!("type = \"nats\"\njetstream = {jetstream}\n");
+    let rc = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(rc.path(), format!("[messaging_link.bus]\n{link}")).unwrap();
+    let manifest = |who: &str| {
+        write_app(&format!(
+            r#"spin_manifest_version = 2
+[application]
+name = "shared"
+[application.trigger.messaging.channels]
+work = {{ kind = "queue", link = "bus", address = "{base}.work" }}
+results = {{ kind = "topic", link = "bus", address = "{base}.results" }}
+[[trigger.messaging]]
+component = "probe"
+subscriptions = ["work"]
+publish = ["results"]
+[component.probe]
+source = "{{probe}}"
+environment = {{ PROBE_NAME = "{who}" }}
+"#
+        ))
+    };
+    let (a, b) = (manifest("a"), manifest("b"));
+    let rc_arg = rc.path().to_str().unwrap();
+    let (mut first, _) = up(&[&a.manifest], &["--runtime-config-file", rc_arg]);
+    let (mut second, _) = up(&[&b.manifest], &["--runtime-config-file", rc_arg]);
+
+    let bus = crate::conformance::connect(&link).await;
+    let mut results = bus
+        .subscribe(
+            &format!("{base}.results"),
+            messaging_provider::broker::SubscribeMode::Topic,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = 40;
+    for i in 0..n {
+        bus.publish(
+            &format!("{base}.work"),
+            &event(&format!("w{i}"), "work.item"),
+        )
+        .await
+        .unwrap();
+    }
+    let mut handled = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for _ in 0..n {
+        let d = tokio::time::timeout(Duration::from_secs(20), results.next())
+            .await
+            .expect("a result")
+            .unwrap();
+        let (e, _, ack) = d.into_parts();
+        ack.ack().await.unwrap();
+        handled
+            .entry(e.id.clone())
+            .or_default()
+            .push(e.extension("handledby").unwrap().to_string());
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), results.next())
+            .await
+            .is_err(),
+        "no event is handled twice"
+    );
+    assert_eq!(
+        handled.len(),
+        n,
+        "every event handled exactly once: {handled:?}"
+    );
+    let by_a = handled.values().filter(|h| h[0] == "a").count();
+    if !jetstream {
+        assert!(
+            by_a > 0 && by_a < n,
+            "both processes take part: a handled {by_a} of {n}"
+        );
+    }
+    for p in [&mut first, &mut second] {
+        p.terminate();
+        assert_eq!(p.wait_exit(Duration::from_secs(15)), 0);
+    }
+}
+
+#[tokio::test]
+async fn two_processes_share_a_core_nats_queue() {
+    two_processes_share_a_queue(false).await;
+}
+
+#[tokio::test]
+async fn two_processes_share_a_jetstream_queue() {
+    two_processes_share_a_queue(true).await;
+}

@@ -7,10 +7,11 @@ use messaging_provider::broker::Subscription;
 use messaging_provider::cloudevents::Event;
 use messaging_provider::host::HostOptions;
 use messaging_provider::{Provider, ProviderOptions};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// The repository's top directory.
 pub fn repo() -> PathBuf {
@@ -175,4 +176,137 @@ pub async fn ask(
     let id = command.id.clone();
     send(provider, app, "inbox", command).await;
     outcome(&results.next_with_id(&format!("{id}-result")).await)
+}
+
+// The `trigger-messaging` binary, run as users run it.
+
+const BIN: &str = env!("CARGO_BIN_EXE_trigger-messaging");
+
+/// A running command whose output lines are collected as they come.
+pub struct Running {
+    pub child: Child,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+pub fn run(args: &[&str]) -> Running {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    Running {
+        child,
+        stdout,
+        stderr,
+    }
+}
+
+impl Running {
+    /// Collects the output of a child started with piped stdout and stderr.
+    pub fn adopt(mut child: Child) -> Running {
+        let stdout = collect(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn wait_for(&self, which: &str, needle: &str) -> String {
+        let lines = if which == "stdout" {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        let start = Instant::now();
+        loop {
+            if let Some(l) = lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no {needle:?} on {which}; got:\n{}",
+                self.all()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn all(&self) -> String {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout.lock().unwrap().join("\n"),
+            self.stderr.lock().unwrap().join("\n")
+        )
+    }
+
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100)); // let the readers drain
+                return status.code().expect("exited, not killed");
+            }
+            assert!(
+                start.elapsed() < within,
+                "did not exit within {within:?}:\n{}",
+                self.all()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn up(manifests: &[&Path], extra: &[&str]) -> (Running, String) {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["up", "--listen", &listen];
+    let paths: Vec<String> = manifests.iter().map(|m| m.display().to_string()).collect();
+    for p in &paths {
+        args.extend(["-f", p]);
+    }
+    args.extend(extra);
+    let running = run(&args);
+    running.wait_for("stdout", "Ready");
+    (running, url)
 }

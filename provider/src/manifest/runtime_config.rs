@@ -8,10 +8,12 @@
 //! ```
 //!
 //! A link named `default` is the embedded broker unless the file rebinds it.
+//! Secrets stay out of the file: `password = "{{ nats_password }}"` takes
+//! the value of the `SPIN_VARIABLE_NATS_PASSWORD` environment variable.
 //! Tables Spin itself reads (`key_value_store`, ...) are left to Spin; any
 //! other unknown key is an error.
 
-use super::{ConfigError, ConfigErrors, KeyPath, TomlSource};
+use super::{ConfigError, ConfigErrors, KeyPath, TomlSource, Variables};
 use crate::broker::{LinkRegistry, PreparedLink};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -105,9 +107,12 @@ impl RuntimeConfig {
 fn prepare_link(
     src: &TomlSource,
     at: &KeyPath,
-    def: toml::Value,
+    mut def: toml::Value,
     registry: &LinkRegistry,
 ) -> Result<Box<dyn PreparedLink>, ConfigError> {
+    Variables::environment_only()
+        .resolve_all(&mut def, at)
+        .map_err(|(key, message)| src.error(&key, message))?;
     let toml::Value::Table(mut settings) = def else {
         return Err(src.error(at, "must be a table with a `type` key"));
     };

@@ -27,6 +27,9 @@ pub struct VariableDecl {
 #[derive(Clone, Debug, Default)]
 pub struct Variables {
     decls: BTreeMap<String, VariableDecl>,
+    /// The runtime config has no `[variables]`: any name resolves from the
+    /// environment alone (how secrets reach link settings).
+    environment_only: bool,
 }
 
 impl Variables {
@@ -53,16 +56,32 @@ impl Variables {
                 ));
             }
         }
-        Ok(Variables { decls })
+        Ok(Variables {
+            decls,
+            environment_only: false,
+        })
+    }
+
+    /// Variables for the runtime config: every `{{ name }}` comes from the
+    /// `SPIN_VARIABLE_<NAME>` environment variable.
+    pub fn environment_only() -> Variables {
+        Variables {
+            decls: BTreeMap::new(),
+            environment_only: true,
+        }
     }
 
     /// The value of one variable.
     pub fn get(&self, name: &str) -> Result<String, String> {
+        let env = format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase());
+        if self.environment_only {
+            return std::env::var(&env)
+                .map_err(|_| format!("`{{{{ {name} }}}}` needs the environment variable {env}"));
+        }
         let decl = self
             .decls
             .get(name)
             .ok_or_else(|| format!("variable `{name}` is not declared in [variables]"))?;
-        let env = format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase());
         if let Ok(value) = std::env::var(&env) {
             return Ok(value);
         }
