@@ -224,25 +224,23 @@ impl AppRuntime {
         })
     }
 
-    /// Declares the app's queues and starts every component's subscriptions
-    /// from the manifest.
+    /// Declares the app's channels to their links and starts every
+    /// component's subscriptions from the manifest.
     pub async fn start(&self) -> anyhow::Result<()> {
-        for channel in self
-            .app
-            .channels
-            .values()
-            .filter(|c| c.kind == ChannelKind::Queue)
-        {
-            self.link(channel)
-                .declare_queue(&channel.address, &channel.group)
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "app `{}`: cannot declare queue `{}`: {e}",
-                        self.app.name,
-                        channel.name
-                    )
-                })?;
+        for channel in self.app.channels.values() {
+            let link = self.link(channel);
+            match channel.kind {
+                ChannelKind::Queue => link.declare_queue(&channel.address, &channel.group).await,
+                ChannelKind::Topic => link.declare_topic(&channel.address).await,
+            }
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "app `{}`: cannot declare {} `{}`: {e}",
+                    self.app.name,
+                    channel.kind,
+                    channel.name
+                )
+            })?;
         }
         for component in &self.components {
             for name in &component.spec.subscriptions {

@@ -335,3 +335,5 @@ conformance!(embedded, "type = \"embedded\"\n", at_least_once: true, durable_que
 conformance!(nats, "type = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n", at_least_once: false, durable_queues: false);
 conformance!(nats_structured, "type = \"nats\"\ncontent_mode = \"structured\"\n", at_least_once: false, durable_queues: false);
 conformance!(jetstream, "type = \"nats\"\njetstream = true\nack_wait = \"2s\"\n", at_least_once: true, durable_queues: true);
+conformance!(redis, "type = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nclaim_after = \"2s\"\n", at_least_once: true, durable_queues: true);
+conformance!(redis_structured, "type = \"redis\"\ncontent_mode = \"structured\"\n", at_least_once: true, durable_queues: true);

@@ -9,6 +9,8 @@ mod dispatch;
 mod embedded;
 mod host;
 mod http;
+mod links;
 mod manifest;
 mod nats;
+mod redis;
 mod samples;

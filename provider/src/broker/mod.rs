@@ -3,6 +3,7 @@
 
 pub mod embedded;
 pub mod nats;
+pub mod redis;
 
 use crate::cloudevents::Event;
 use crate::manifest::{ConfigError, KeyPath, TomlSource};
@@ -70,6 +71,13 @@ pub trait Broker: Send + Sync + 'static {
     /// consumer joins are kept for it.
     async fn declare_queue(&self, address: &str, group: &str) -> Result<(), BrokerError> {
         let _ = (address, group);
+        Ok(())
+    }
+
+    /// Says that an address is used as a topic, for brokers whose topics and
+    /// queues are different things (Redis: pub/sub channel or stream).
+    async fn declare_topic(&self, address: &str) -> Result<(), BrokerError> {
+        let _ = address;
         Ok(())
     }
 
@@ -192,6 +200,7 @@ impl Default for LinkRegistry {
         };
         r.register(embedded::MakeEmbedded);
         r.register(nats::MakeNats);
+        r.register(redis::MakeRedis);
         r
     }
 }

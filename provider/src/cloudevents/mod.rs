@@ -5,6 +5,7 @@ pub mod binary;
 pub mod http;
 pub mod json;
 pub mod nats;
+pub mod redis;
 
 /// The media type of the CloudEvents JSON event format (structured mode).
 pub const JSON_FORMAT: &str = "application/cloudevents+json";

@@ -1,0 +1,613 @@
+//! Redis links (`type = "redis"`): a topic channel is a pub/sub channel (at
+//! most once); a queue channel is a stream read by a consumer group with
+//! XREADGROUP and settled with XACK (at least once: an entry not acknowledged
+//! is redelivered — at once after a nack, and to any consumer of the group
+//! once it has been idle for `claim_after`, e.g. after a crash).
+//!
+//! Commands go through a connection manager that reconnects on its own; each
+//! subscription has its own connection (reads block) and re-subscribes after
+//! the server comes back. While the server is away, a publish fails fast.
+
+use super::{Acknowledge, Broker, BrokerError, Delivery, MakeBroker, SubscribeMode, Subscription};
+use crate::cloudevents::Event;
+use crate::cloudevents::nats::ContentMode;
+use crate::cloudevents::redis::{
+    decode_fields, decode_payload, encode_fields, encode_payload, structured_fields,
+};
+use async_trait::async_trait;
+use futures::StreamExt as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::StreamReadReply;
+use serde::Deserialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Makes Redis links.
+pub struct MakeRedis;
+
+/// `[messaging_link.<name>]` settings of a Redis link.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]`.
+    #[serde(default = "default_url")]
+    pub url: String,
+    /// How stream entries are written: `binary` (a `ce-` field per attribute)
+    /// or `structured` (the JSON format in `data`). Pub/sub is always structured.
+    #[serde(default)]
+    pub content_mode: ContentMode,
+    /// How long a publish may take before it fails.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// How long an unacknowledged stream entry waits before another consumer
+    /// of its group takes it over.
+    #[serde(default = "default_claim_after", with = "humantime_serde")]
+    pub claim_after: Duration,
+    /// Entries fetched per read.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+}
+
+fn default_url() -> String {
+    "redis://127.0.0.1:6379".into()
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_claim_after() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_batch() -> usize {
+    16
+}
+
+/// How long one blocking read waits before checking for claims and stops.
+const BLOCK: Duration = Duration::from_millis(1000);
+
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[async_trait]
+impl MakeBroker for MakeRedis {
+    const TYPE: &'static str = "redis";
+    type Settings = RedisSettings;
+
+    fn describe(s: &RedisSettings) -> String {
+        format!(
+            "redis {} (topics: pub/sub, at most once; queues: streams + consumer groups, at least once)",
+            redacted(&s.url)
+        )
+    }
+
+    async fn connect(&self, name: &str, s: &RedisSettings) -> anyhow::Result<Arc<dyn Broker>> {
+        anyhow::ensure!(s.batch > 0, "`batch` must be at least 1");
+        let client = redis::Client::open(s.url.as_str())?;
+        let commands = manager(&client, s.publish_timeout).await;
+        if commands.is_none() {
+            tracing::warn!(link = %name, url = %redacted(&s.url), "Redis not reachable yet; retrying on use");
+        }
+        Ok(Arc::new(RedisBroker {
+            name: name.into(),
+            client,
+            settings: s.clone(),
+            commands: tokio::sync::Mutex::new(commands),
+            kinds: Mutex::default(),
+        }))
+    }
+}
+
+async fn manager(client: &redis::Client, timeout: Duration) -> Option<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(BLOCK + timeout))
+        .set_number_of_retries(1);
+    tokio::time::timeout(timeout, client.get_connection_manager_with_config(config))
+        .await
+        .ok()?
+        .ok()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    PubSub,
+    Stream,
+}
+
+struct RedisBroker {
+    name: String,
+    client: redis::Client,
+    settings: RedisSettings,
+    /// Created on first success, then reconnecting on its own.
+    commands: tokio::sync::Mutex<Option<ConnectionManager>>,
+    /// What each declared address is.
+    kinds: Mutex<HashMap<String, Kind>>,
+}
+
+fn unavailable(link: &str, e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(format!("Redis link `{link}`: {e}"))
+}
+
+impl RedisBroker {
+    async fn conn(&self) -> Result<ConnectionManager, BrokerError> {
+        let mut guard = self.commands.lock().await;
+        if guard.is_none() {
+            *guard = manager(&self.client, self.settings.publish_timeout).await;
+        }
+        guard
+            .clone()
+            .ok_or_else(|| unavailable(&self.name, "the server is not reachable"))
+    }
+
+    fn declare(&self, address: &str, kind: Kind) -> Result<(), BrokerError> {
+        let mut kinds = self.kinds.lock().unwrap();
+        match kinds.insert(address.to_string(), kind) {
+            Some(old) if old != kind => Err(BrokerError::Other(format!(
+                "`{address}` is used both as a topic (pub/sub) and as a queue (stream) on Redis link `{}`",
+                self.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn kind(&self, address: &str) -> Kind {
+        self.kinds
+            .lock()
+            .unwrap()
+            .get(address)
+            .copied()
+            .unwrap_or(Kind::PubSub)
+    }
+
+    async fn ensure_group(&self, address: &str, group: &str) -> Result<(), BrokerError> {
+        let mut conn = self.conn().await?;
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(address)
+            .arg(group)
+            .arg("$")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other.map_err(|e| unavailable(&self.name, e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn max_payload(&self) -> Option<usize> {
+        Some(512 * 1024 * 1024) // Redis's largest string
+    }
+
+    async fn publish(&self, address: &str, event: &Event) -> Result<(), BrokerError> {
+        let mut conn = self.conn().await?;
+        let mut cmd;
+        match self.kind(address) {
+            Kind::PubSub => {
+                cmd = redis::cmd("PUBLISH");
+                cmd.arg(address).arg(encode_payload(event));
+            }
+            Kind::Stream => {
+                let fields = match self.settings.content_mode {
+                    ContentMode::Binary => encode_fields(event),
+                    ContentMode::Structured => structured_fields(event),
+                };
+                cmd = redis::cmd("XADD");
+                cmd.arg(address).arg("*");
+                for (k, v) in fields {
+                    cmd.arg(k).arg(v);
+                }
+            }
+        }
+        let timeout = self.settings.publish_timeout;
+        tokio::time::timeout(timeout, cmd.query_async::<redis::Value>(&mut conn))
+            .await
+            .map_err(|_| {
+                BrokerError::DeliveryFailed(format!(
+                    "Redis did not answer within {}",
+                    humantime::format_duration(timeout)
+                ))
+            })?
+            .map(drop)
+            .map_err(|e| {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                    unavailable(&self.name, e)
+                } else {
+                    BrokerError::DeliveryFailed(e.to_string())
+                }
+            })
+    }
+
+    async fn declare_queue(&self, address: &str, group: &str) -> Result<(), BrokerError> {
+        self.declare(address, Kind::Stream)?;
+        self.ensure_group(address, group).await
+    }
+
+    async fn declare_topic(&self, address: &str) -> Result<(), BrokerError> {
+        self.declare(address, Kind::PubSub)
+    }
+
+    async fn subscribe(
+        &self,
+        address: &str,
+        mode: SubscribeMode,
+    ) -> Result<Box<dyn Subscription>, BrokerError> {
+        let origin = (self.name.clone(), address.to_string());
+        match (mode, self.kind(address)) {
+            (SubscribeMode::Topic, Kind::PubSub) => {
+                let mut sub = PubSubSubscription {
+                    client: self.client.clone(),
+                    origin,
+                    stream: None,
+                };
+                sub.connect()
+                    .await
+                    .map_err(|e| unavailable(&self.name, e))?;
+                Ok(Box::new(sub))
+            }
+            (SubscribeMode::Topic, Kind::Stream) => {
+                // Watching a queue: read the stream without a group, from now on.
+                let mut conn = manager(&self.client, self.settings.publish_timeout)
+                    .await
+                    .ok_or_else(|| unavailable(&self.name, "the server is not reachable"))?;
+                // Start after the newest entry now, so nothing published after
+                // this call is missed (`$` would mean "after the first read").
+                let newest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+                    .arg(address)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| unavailable(&self.name, e))?;
+                let last = newest
+                    .ids
+                    .first()
+                    .map_or_else(|| "0-0".to_string(), |id| id.id.clone());
+                Ok(Box::new(StreamWatch {
+                    conn,
+                    origin,
+                    last,
+                    buffer: VecDeque::new(),
+                }))
+            }
+            (SubscribeMode::Queue { group }, _) => {
+                self.declare(address, Kind::Stream)?;
+                self.ensure_group(address, &group).await?;
+                let conn = manager(&self.client, self.settings.publish_timeout)
+                    .await
+                    .ok_or_else(|| unavailable(&self.name, "the server is not reachable"))?;
+                Ok(Box::new(GroupReader {
+                    conn,
+                    origin,
+                    group,
+                    consumer: format!(
+                        "trigger-messaging-{}-{}",
+                        std::process::id(),
+                        uuid::Uuid::new_v4().simple()
+                    ),
+                    batch: self.settings.batch,
+                    claim_after: self.settings.claim_after,
+                    last_claim: Instant::now(),
+                    buffer: VecDeque::new(),
+                    nacked: Arc::default(),
+                }))
+            }
+        }
+    }
+}
+
+struct PubSubSubscription {
+    client: redis::Client,
+    origin: (String, String),
+    stream: Option<redis::aio::PubSubStream>,
+}
+
+impl PubSubSubscription {
+    async fn connect(&mut self) -> redis::RedisResult<()> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(&self.origin.1).await?;
+        self.stream = Some(pubsub.into_on_message());
+        Ok(())
+    }
+}
+
+/// Nothing to settle on pub/sub: delivery is at most once.
+struct NoAck;
+
+#[async_trait]
+impl Acknowledge for NoAck {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        Ok(())
+    }
+    async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Subscription for PubSubSubscription {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            if let Some(stream) = &mut self.stream
+                && let Some(msg) = stream.next().await
+            {
+                let event =
+                    decode_payload(msg.get_payload_bytes(), (&self.origin.0, &self.origin.1));
+                return Some(Delivery::new(event, 1, Box::new(NoAck)));
+            }
+            // The connection ended: re-subscribe once the server is back.
+            if self.stream.take().is_some() {
+                tracing::warn!(link = %self.origin.0, channel = %self.origin.1, "Redis pub/sub connection lost; re-subscribing");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if self.connect().await.is_ok() {
+                tracing::info!(link = %self.origin.0, channel = %self.origin.1, "Redis pub/sub re-subscribed");
+            }
+        }
+    }
+}
+
+/// Stream entries as (id, fields).
+type Entry = (String, Vec<(String, Vec<u8>)>);
+
+fn entries(reply: StreamReadReply) -> Vec<Entry> {
+    reply
+        .keys
+        .into_iter()
+        .flat_map(|k| k.ids)
+        .map(|id| {
+            let fields = id
+                .map
+                .into_iter()
+                .map(|(k, v)| (k, redis::from_redis_value::<Vec<u8>>(v).unwrap_or_default()))
+                .collect();
+            (id.id, fields)
+        })
+        .collect()
+}
+
+fn event_of(origin: &(String, String), fields: &[(String, Vec<u8>)]) -> Event {
+    decode_fields(fields, (&origin.0, &origin.1)).unwrap_or_else(|e| {
+        tracing::warn!(link = %origin.0, stream = %origin.1, "malformed CloudEvent ({e}); delivering it as a plain message");
+        let object: serde_json::Map<String, serde_json::Value> =
+            fields.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned().into())).collect();
+        Event::wrap_plain(&origin.0, &origin.1, Some("application/json"), serde_json::to_vec(&object).unwrap())
+    })
+}
+
+struct StreamWatch {
+    conn: ConnectionManager,
+    origin: (String, String),
+    last: String,
+    buffer: VecDeque<Entry>,
+}
+
+#[async_trait]
+impl Subscription for StreamWatch {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            if let Some((id, fields)) = self.buffer.pop_front() {
+                self.last = id;
+                return Some(Delivery::new(
+                    event_of(&self.origin, &fields),
+                    1,
+                    Box::new(NoAck),
+                ));
+            }
+            let read: redis::RedisResult<StreamReadReply> = redis::cmd("XREAD")
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.origin.1)
+                .arg(&self.last)
+                .query_async(&mut self.conn)
+                .await;
+            match read {
+                Ok(reply) => self.buffer.extend(entries(reply)),
+                Err(e) => {
+                    tracing::warn!(link = %self.origin.0, stream = %self.origin.1, "Redis read failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
+struct GroupReader {
+    conn: ConnectionManager,
+    origin: (String, String),
+    group: String,
+    consumer: String,
+    batch: usize,
+    claim_after: Duration,
+    last_claim: Instant,
+    buffer: VecDeque<(Entry, u32)>,
+    /// Entries handed back with a nack, to read again at once.
+    nacked: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl GroupReader {
+    /// Takes over entries: the given ids (nacked here), or any pending longer
+    /// than `claim_after` (their consumer is gone).
+    async fn claim(
+        &mut self,
+        ids: &[String],
+        min_idle: Duration,
+    ) -> redis::RedisResult<Vec<Entry>> {
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(&self.origin.1)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(min_idle.as_millis() as u64);
+        for id in ids {
+            cmd.arg(id);
+        }
+        let reply: redis::streams::StreamClaimReply = cmd.query_async(&mut self.conn).await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .map(|id| {
+                let fields = id
+                    .map
+                    .into_iter()
+                    .map(|(k, v)| (k, redis::from_redis_value::<Vec<u8>>(v).unwrap_or_default()))
+                    .collect();
+                (id.id, fields)
+            })
+            .collect())
+    }
+
+    /// The delivery count of pending entries.
+    async fn attempts(&mut self, entries: Vec<Entry>) -> redis::RedisResult<Vec<(Entry, u32)>> {
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let pending: redis::Value = redis::cmd("XPENDING")
+                .arg(&self.origin.1)
+                .arg(&self.group)
+                .arg(&entry.0)
+                .arg(&entry.0)
+                .arg(1)
+                .query_async(&mut self.conn)
+                .await?;
+            let count = match pending {
+                redis::Value::Array(rows) => match rows.into_iter().next() {
+                    Some(redis::Value::Array(row)) => row
+                        .get(3)
+                        .and_then(|v| redis::from_redis_value_ref::<u32>(v).ok()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            out.push((entry, count.unwrap_or(1)));
+        }
+        Ok(out)
+    }
+
+    async fn fill(&mut self) -> redis::RedisResult<()> {
+        let nacked: Vec<String> = self.nacked.lock().unwrap().drain(..).collect();
+        if !nacked.is_empty() {
+            let claimed = self.claim(&nacked, Duration::ZERO).await?;
+            let counted = self.attempts(claimed).await?;
+            self.buffer.extend(counted);
+            return Ok(());
+        }
+        if self.last_claim.elapsed() >= self.claim_after.min(Duration::from_secs(5)) {
+            self.last_claim = Instant::now();
+            let reply: redis::Value = redis::cmd("XAUTOCLAIM")
+                .arg(&self.origin.1)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(self.claim_after.as_millis() as u64)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(self.batch)
+                .arg("JUSTID")
+                .query_async(&mut self.conn)
+                .await?;
+            let ids: Vec<String> = match reply {
+                redis::Value::Array(parts) => parts
+                    .get(1)
+                    .and_then(|v| redis::from_redis_value_ref(v).ok())
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            if !ids.is_empty() {
+                tracing::info!(link = %self.origin.0, stream = %self.origin.1, "took over {} entries left unacknowledged by another consumer", ids.len());
+                let claimed = self.claim(&ids, Duration::ZERO).await?;
+                let counted = self.attempts(claimed).await?;
+                self.buffer.extend(counted);
+                return Ok(());
+            }
+        }
+        let reply: StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(self.batch)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.origin.1)
+            .arg(">")
+            .query_async(&mut self.conn)
+            .await?;
+        self.buffer
+            .extend(entries(reply).into_iter().map(|e| (e, 1)));
+        Ok(())
+    }
+}
+
+struct StreamAck {
+    conn: ConnectionManager,
+    stream: String,
+    group: String,
+    id: String,
+    nacked: Arc<Mutex<VecDeque<String>>>,
+}
+
+#[async_trait]
+impl Acknowledge for StreamAck {
+    async fn ack(mut self: Box<Self>) -> Result<(), BrokerError> {
+        redis::cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&self.id)
+            .query_async::<()>(&mut self.conn)
+            .await
+            .map_err(|e| BrokerError::ConnectionLost(e.to_string()))
+    }
+
+    async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
+        self.nacked.lock().unwrap().push_back(self.id.clone());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Subscription for GroupReader {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            if let Some(((id, fields), attempt)) = self.buffer.pop_front() {
+                let ack = StreamAck {
+                    conn: self.conn.clone(),
+                    stream: self.origin.1.clone(),
+                    group: self.group.clone(),
+                    id,
+                    nacked: self.nacked.clone(),
+                };
+                return Some(Delivery::new(
+                    event_of(&self.origin, &fields),
+                    attempt,
+                    Box::new(ack),
+                ));
+            }
+            if let Err(e) = self.fill().await {
+                tracing::warn!(link = %self.origin.0, stream = %self.origin.1, "Redis read failed: {e}");
+                if e.code() == Some("NOGROUP") {
+                    // The stream was deleted: recreate it and the group.
+                    let _: redis::RedisResult<()> = redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(&self.origin.1)
+                        .arg(&self.group)
+                        .arg("$")
+                        .arg("MKSTREAM")
+                        .query_async(&mut self.conn)
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
