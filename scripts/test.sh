@@ -19,10 +19,11 @@ ensure NATS 4222 start-stop-daemon --start --oknodo --background --exec /usr/sbi
   -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
 ensure Redis 6379 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
   --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+ensure RabbitMQ 5672 rabbitmq-server -detached
 
 rustup target add wasm32-wasip2
 # Clients that are not ours, for the interoperation tests.
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore nats-py
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore nats-py pika
 # The tests build the guests themselves too; doing it here shows the output.
 (cd sample-apps && cargo build --target wasm32-wasip2 --release)
 (cd tests/fixtures && cargo build --target wasm32-wasip2 --release)

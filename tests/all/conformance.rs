@@ -337,3 +337,5 @@ conformance!(nats_structured, "type = \"nats\"\ncontent_mode = \"structured\"\n"
 conformance!(jetstream, "type = \"nats\"\njetstream = true\nack_wait = \"2s\"\n", at_least_once: true, durable_queues: true);
 conformance!(redis, "type = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nclaim_after = \"2s\"\n", at_least_once: true, durable_queues: true);
 conformance!(redis_structured, "type = \"redis\"\ncontent_mode = \"structured\"\n", at_least_once: true, durable_queues: true);
+conformance!(amqp, "type = \"amqp\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n", at_least_once: true, durable_queues: true);
+conformance!(amqp_structured, "type = \"amqp\"\ncontent_mode = \"structured\"\n", at_least_once: true, durable_queues: true);

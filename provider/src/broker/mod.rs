@@ -1,6 +1,7 @@
 //! Broker links: the one trait every broker implements, and the registry that
 //! makes a link from its runtime-config `type`. Each link type is one module.
 
+pub mod amqp;
 pub mod embedded;
 pub mod nats;
 pub mod redis;
@@ -201,6 +202,7 @@ impl Default for LinkRegistry {
         r.register(embedded::MakeEmbedded);
         r.register(nats::MakeNats);
         r.register(redis::MakeRedis);
+        r.register(amqp::MakeAmqp);
         r
     }
 }

@@ -1,6 +1,7 @@
 //! CloudEvents: the one event model every layer shares, its validation, and
 //! its mapping to each protocol binding (one submodule per binding).
 
+pub mod amqp;
 pub mod binary;
 pub mod http;
 pub mod json;

@@ -1,0 +1,86 @@
+//! The AMQP link beyond the conformance suite: interoperation with a client
+//! that is not ours (pika), and two processes sharing a queue.
+
+use crate::links::{app_on, two_processes_share_a_queue};
+use crate::support::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn pika(args: &[&str]) -> Command {
+    let mut c = Command::new("python3");
+    c.arg(repo().join("tests/interop/amqp_client.py"))
+        .args(args);
+    c
+}
+
+#[tokio::test]
+async fn a_foreign_client_publishes_plain_and_cloudevents_and_reads_ours() {
+    let base = format!(
+        "interop.{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    let (app, rc) = app_on("type = \"amqp\"\n", &base);
+    let provider = start(&[&app.manifest], Some(rc.path())).await;
+    let mut results = watch(&provider, "linkapp", "results").await;
+
+    let mut reader = pika(&["read", "messaging", &format!("{base}.out"), "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(reader.stderr.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(
+        ready.trim(),
+        "ready",
+        "pika did not bind (is pika installed?)"
+    );
+
+    assert!(
+        pika(&["publish", "messaging", &format!("{base}.feed")])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let plain = results.next("the plain message").await;
+    assert_eq!(plain.ty, messaging_provider::cloudevents::PLAIN_TYPE);
+    assert_eq!(
+        plain.source,
+        format!("urn:trigger-messaging:bus:{base}.feed")
+    );
+    assert_eq!(
+        (plain.datacontenttype.as_deref(), plain.data.as_deref()),
+        (Some("text/plain"), Some(&b"plain hello"[..]))
+    );
+    let binary = results.next("the binary-mode event").await;
+    assert_eq!(
+        (binary.id.as_str(), binary.extension("pyext")),
+        ("py-binary", Some("yes"))
+    );
+    assert_eq!(binary.datacontenttype.as_deref(), Some("application/json"));
+    let structured = results.next("the structured-mode event").await;
+    assert_eq!(
+        (structured.id.as_str(), structured.data.as_deref()),
+        ("py-structured", Some(&br#"{"s": 1}"#[..])),
+        "JSON data keeps its bytes"
+    );
+
+    let mut cmd = binary.clone();
+    cmd.ty = "probe.publish".into();
+    cmd.id = "fwd".into();
+    cmd.subject = Some("topic:out".into());
+    assert_eq!(ask(&provider, "linkapp", &mut results, cmd).await.0, "ok");
+    let out = reader.wait_with_output().unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).expect("pika read our event");
+    assert_eq!(line["headers"]["cloudEvents_id"], "fwd");
+    assert_eq!(line["headers"]["cloudEvents_type"], "probe.item");
+    assert_eq!(line["content_type"], "application/json");
+    assert_eq!(line["data"], r#"{"n":1}"#);
+}
+
+#[tokio::test]
+async fn two_processes_share_an_amqp_queue() {
+    two_processes_share_a_queue("type = \"amqp\"\n", true).await;
+}
