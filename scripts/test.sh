@@ -20,6 +20,7 @@ ensure NATS 4222 start-stop-daemon --start --oknodo --background --exec /usr/sbi
 ensure Redis 6379 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
   --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
 ensure RabbitMQ 5672 rabbitmq-server -detached
+ensure Mosquitto 1883 mosquitto -d -c /etc/mosquitto/mosquitto.conf
 
 rustup target add wasm32-wasip2
 # Clients that are not ours, for the interoperation tests.

@@ -339,3 +339,6 @@ conformance!(redis, "type = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nclaim_a
 conformance!(redis_structured, "type = \"redis\"\ncontent_mode = \"structured\"\n", at_least_once: true, durable_queues: true);
 conformance!(amqp, "type = \"amqp\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n", at_least_once: true, durable_queues: true);
 conformance!(amqp_structured, "type = \"amqp\"\ncontent_mode = \"structured\"\n", at_least_once: true, durable_queues: true);
+conformance!(mqtt, "type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\n", at_least_once: false, durable_queues: false);
+conformance!(mqtt_structured, "type = \"mqtt\"\ncontent_mode = \"structured\"\n", at_least_once: false, durable_queues: false);
+conformance!(mqtt_3_1_1, "type = \"mqtt\"\nversion = \"3.1.1\"\n", at_least_once: false, durable_queues: false);

@@ -3,6 +3,7 @@
 
 pub mod amqp;
 pub mod embedded;
+pub mod mqtt;
 pub mod nats;
 pub mod redis;
 
@@ -203,6 +204,7 @@ impl Default for LinkRegistry {
         r.register(nats::MakeNats);
         r.register(redis::MakeRedis);
         r.register(amqp::MakeAmqp);
+        r.register(mqtt::MakeMqtt);
         r
     }
 }

@@ -62,8 +62,8 @@ impl BinaryMode {
         out
     }
 
-    /// Reads an event from metadata entries; `None` when no entry carries an
-    /// attribute (a plain message). `content_type` is the protocol's content
+    /// Reads an event from metadata entries; `None` when there is no
+    /// `specversion` entry (a plain message). `content_type` is the protocol's content
     /// type, used when `datacontenttype` is not an attribute here.
     pub fn read<'a>(
         &self,
@@ -152,5 +152,12 @@ mod tests {
             ("1", "t", Some("text/plain"))
         );
         assert_eq!(AMQP_LIKE.read([("other", "x")], None, None).unwrap(), None);
+        assert_eq!(
+            AMQP_LIKE
+                .read([("cloudEvents_id", "1")], None, None)
+                .unwrap(),
+            None,
+            "no specversion, no CloudEvent"
+        );
     }
 }

@@ -5,6 +5,7 @@ pub mod amqp;
 pub mod binary;
 pub mod http;
 pub mod json;
+pub mod mqtt;
 pub mod nats;
 pub mod redis;
 

@@ -1,0 +1,622 @@
+//! MQTT links (`type = "mqtt"`, MQTT 5 by default, `version = "3.1.1"`
+//! selectable): a topic channel is an MQTT topic (subscriptions may use `+`
+//! and `#`); a queue channel is a shared subscription
+//! `$share/<group>/<topic>`. QoS is configurable (default 1); publishes wait
+//! for the broker's PUBACK (PUBCOMP at QoS 2).
+//!
+//! Flow control: a broker with default settings (Mosquitto) sends a client
+//! at most 20 unacknowledged messages and queues 1,000 more, then silently
+//! drops. So each subscription has a connection of its own that reads as
+//! fast as the network allows, acknowledges an event once it is in the
+//! subscription's buffer (`buffer` events, default 65,536), and hands it on
+//! from there. Sessions persist across reconnects (MQTT 5 session expiry /
+//! 3.1.1 clean session off), and subscriptions are renewed when the broker
+//! lost the session. What remains: a consumer slower than its producers for
+//! longer than its buffer lets the broker queue fill and drop; and an event
+//! acknowledged into the buffer is lost if the process dies (at most once
+//! past the broker).
+
+use super::{Acknowledge, Broker, BrokerError, Delivery, MakeBroker, SubscribeMode, Subscription};
+use crate::cloudevents::Event;
+use crate::cloudevents::mqtt::{decode_v3, decode_v5, encode_v3, encode_v5};
+use crate::cloudevents::nats::ContentMode;
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Deserialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Makes MQTT links.
+pub struct MakeMqtt;
+
+/// The protocol version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum MqttVersion {
+    /// MQTT 5.0: attributes as user properties.
+    #[default]
+    #[serde(rename = "5")]
+    V5,
+    /// MQTT 3.1.1: structured JSON only.
+    #[serde(rename = "3.1.1")]
+    V311,
+}
+
+/// `[messaging_link.<name>]` settings of an MQTT link.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSettings {
+    /// `mqtt://host:port`.
+    #[serde(default = "default_url")]
+    pub url: String,
+    /// `"5"` (default) or `"3.1.1"`.
+    #[serde(default)]
+    pub version: MqttVersion,
+    /// 0, 1 (default) or 2.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// User name.
+    pub user: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// MQTT 5 only: `binary` (user properties) or `structured` (JSON).
+    #[serde(default)]
+    pub content_mode: ContentMode,
+    /// How long a publish waits for the broker's acknowledgement.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// How long the broker keeps a session (and its queued messages) while
+    /// its connection is down.
+    #[serde(default = "default_session_expiry", with = "humantime_serde")]
+    pub session_expiry: Duration,
+    /// Events each subscription buffers after acknowledging them.
+    #[serde(default = "default_buffer")]
+    pub buffer: usize,
+    /// Client ids are this prefix, the link name and a random suffix.
+    #[serde(default = "default_prefix")]
+    pub client_id_prefix: String,
+}
+
+fn default_url() -> String {
+    "mqtt://127.0.0.1:1883".into()
+}
+fn default_qos() -> u8 {
+    1
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_session_expiry() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_buffer() -> usize {
+    65536
+}
+fn default_prefix() -> String {
+    "trigger-messaging".into()
+}
+
+#[async_trait]
+impl MakeBroker for MakeMqtt {
+    const TYPE: &'static str = "mqtt";
+    type Settings = MqttSettings;
+
+    fn describe(s: &MqttSettings) -> String {
+        let version = match s.version {
+            MqttVersion::V5 => "MQTT 5",
+            MqttVersion::V311 => "MQTT 3.1.1",
+        };
+        format!(
+            "mqtt {} ({version}, QoS {}, queues as shared subscriptions)",
+            s.url, s.qos
+        )
+    }
+
+    async fn connect(&self, name: &str, s: &MqttSettings) -> anyhow::Result<Arc<dyn Broker>> {
+        anyhow::ensure!(s.qos <= 2, "`qos` must be 0, 1 or 2");
+        anyhow::ensure!(s.buffer > 0, "`buffer` must be at least 1");
+        anyhow::ensure!(
+            s.user.is_some() || s.password.is_none(),
+            "`password` needs `user`"
+        );
+        anyhow::ensure!(
+            s.version == MqttVersion::V5
+                || s.content_mode == ContentMode::Structured
+                || s.content_mode == ContentMode::default(),
+            "MQTT 3.1.1 has no metadata: events are always structured"
+        );
+        let (host, port) = host_port(&s.url)?;
+        let settings = Arc::new(LinkSettings {
+            link: name.into(),
+            host,
+            port,
+            s: s.clone(),
+        });
+        let publisher = Conn::open(settings.clone(), None, None);
+        for _ in 0..50 {
+            if publisher.connected.load(Ordering::Relaxed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !publisher.connected.load(Ordering::Relaxed) {
+            tracing::warn!(link = %name, url = %s.url, "MQTT broker not reachable yet; retrying in the background");
+        }
+        Ok(Arc::new(MqttBroker {
+            settings,
+            publisher,
+            order: tokio::sync::Mutex::new(()),
+        }))
+    }
+}
+
+fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| {
+            anyhow::anyhow!("`url` must start with mqtt:// (TLS is not supported yet)")
+        })?;
+    let rest = rest.trim_end_matches('/');
+    Ok(match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h.to_string(),
+            p.parse()
+                .map_err(|_| anyhow::anyhow!("bad port in `url`: {p}"))?,
+        ),
+        None => (rest.to_string(), 1883),
+    })
+}
+
+struct LinkSettings {
+    link: String,
+    host: String,
+    port: u16,
+    s: MqttSettings,
+}
+
+/// What an event loop reports, the same for both protocol versions.
+enum Ev {
+    ConnAck {
+        session_present: bool,
+    },
+    Publish {
+        topic: String,
+        payload: Bytes,
+        properties: Vec<(String, String)>,
+        content_type: Option<String>,
+    },
+    /// A publish left with this packet id (0 for QoS 0).
+    Sent(u16),
+    /// The broker acknowledged this packet id.
+    Acked(u16),
+    Down(String),
+}
+
+enum Client {
+    V5(rumqttc::v5::AsyncClient),
+    V3(rumqttc::AsyncClient),
+}
+
+fn qos5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
+    match q {
+        0 => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        1 => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        _ => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+fn qos3(q: u8) -> rumqttc::QoS {
+    match q {
+        0 => rumqttc::QoS::AtMostOnce,
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+/// One MQTT connection with its event loop task.
+struct Conn {
+    client: Client,
+    filter: Option<String>,
+    connected: Arc<AtomicBool>,
+    closing: Arc<AtomicBool>,
+    /// Confirmations waiting for their publish to leave, in request order.
+    queued: Arc<Mutex<VecDeque<oneshot::Sender<()>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    /// Unsubscribes before disconnecting: a session left subscribed would go
+    /// on taking its share of a queue's events until it expires.
+    fn drop(&mut self) {
+        self.closing.store(true, Ordering::Relaxed);
+        let client = match &self.client {
+            Client::V5(c) => Resubscribe::V5(c.clone()),
+            Client::V3(c) => Resubscribe::V3(c.clone()),
+        };
+        let (filter, task) = (self.filter.clone(), self.task.abort_handle());
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                client.close(filter.as_deref()).await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                task.abort();
+            });
+        } else {
+            task.abort();
+        }
+    }
+}
+
+impl Conn {
+    /// Opens a connection; with `filter`, (re)subscribes to it whenever the
+    /// broker has no session, and forwards incoming publishes to `sink`.
+    fn open(ls: Arc<LinkSettings>, filter: Option<String>, sink: Option<mpsc::Sender<Ev>>) -> Conn {
+        let id = format!(
+            "{}-{}-{}",
+            ls.s.client_id_prefix,
+            ls.link,
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let keep_alive = Duration::from_secs(30);
+        let (client, mut next): (
+            Client,
+            Box<dyn FnMut() -> futures::future::BoxFuture<'static, Ev> + Send>,
+        ) = match ls.s.version {
+            MqttVersion::V5 => {
+                let mut o = rumqttc::v5::MqttOptions::new(id, ls.host.clone(), ls.port);
+                o.set_keep_alive(keep_alive)
+                    .set_clean_start(false)
+                    .set_session_expiry_interval(Some(ls.s.session_expiry.as_secs() as u32))
+                    .set_receive_maximum(Some(u16::MAX))
+                    .set_max_packet_size(Some(256 * 1024 * 1024));
+                if let (Some(u), Some(p)) = (&ls.s.user, &ls.s.password) {
+                    o.set_credentials(u.clone(), p.clone());
+                }
+                let (client, eventloop) = rumqttc::v5::AsyncClient::new(o, 1024);
+                let eventloop = Arc::new(tokio::sync::Mutex::new(eventloop));
+                (
+                    Client::V5(client),
+                    Box::new(move || {
+                        let eventloop = eventloop.clone();
+                        Box::pin(async move { poll_v5(&mut *eventloop.lock().await).await })
+                    }),
+                )
+            }
+            MqttVersion::V311 => {
+                let mut o = rumqttc::MqttOptions::new(id, ls.host.clone(), ls.port);
+                o.set_keep_alive(keep_alive)
+                    .set_clean_session(false)
+                    .set_max_packet_size(256 * 1024 * 1024, 256 * 1024 * 1024);
+                if let (Some(u), Some(p)) = (&ls.s.user, &ls.s.password) {
+                    o.set_credentials(u.clone(), p.clone());
+                }
+                let (client, eventloop) = rumqttc::AsyncClient::new(o, 1024);
+                let eventloop = Arc::new(tokio::sync::Mutex::new(eventloop));
+                (
+                    Client::V3(client),
+                    Box::new(move || {
+                        let eventloop = eventloop.clone();
+                        Box::pin(async move { poll_v3(&mut *eventloop.lock().await).await })
+                    }),
+                )
+            }
+        };
+        let connected = Arc::new(AtomicBool::new(false));
+        let queued: Arc<Mutex<VecDeque<oneshot::Sender<()>>>> = Arc::default();
+        let resubscribe = match &client {
+            Client::V5(c) => Resubscribe::V5(c.clone()),
+            Client::V3(c) => Resubscribe::V3(c.clone()),
+        };
+        let closing = Arc::new(AtomicBool::new(false));
+        let (flag, fifo, link, stop) = (
+            connected.clone(),
+            queued.clone(),
+            ls.link.clone(),
+            closing.clone(),
+        );
+        let topic_filter = filter.clone();
+        let qos = ls.s.qos;
+        let task = tokio::spawn(async move {
+            let mut waiting: HashMap<u16, oneshot::Sender<()>> = HashMap::new();
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match next().await {
+                    Ev::ConnAck { session_present } => {
+                        backoff = Duration::from_millis(100);
+                        if !flag.swap(true, Ordering::Relaxed) {
+                            tracing::info!(link = %link, "MQTT link connected");
+                        }
+                        if let Some(filter) = &filter
+                            && !session_present
+                        {
+                            resubscribe.subscribe(filter, qos).await;
+                        }
+                    }
+                    Ev::Sent(pkid) => {
+                        if let Some(done) = fifo.lock().unwrap().pop_front() {
+                            if pkid == 0 {
+                                let _ = done.send(());
+                            } else {
+                                waiting.insert(pkid, done);
+                            }
+                        }
+                    }
+                    Ev::Acked(pkid) => {
+                        if let Some(done) = waiting.remove(&pkid) {
+                            let _ = done.send(());
+                        }
+                    }
+                    publish @ Ev::Publish { .. } => {
+                        if let Some(sink) = &sink
+                            && sink.send(publish).await.is_err()
+                        {
+                            return; // the subscription is gone
+                        }
+                    }
+                    Ev::Down(_) if stop.load(Ordering::Relaxed) => return,
+                    Ev::Down(e) => {
+                        if flag.swap(false, Ordering::Relaxed) {
+                            tracing::warn!(link = %link, "MQTT link disconnected ({e}); reconnecting");
+                        }
+                        // Publishes under way will not be confirmed on this connection.
+                        waiting.clear();
+                        fifo.lock().unwrap().clear();
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+        Conn {
+            client,
+            filter: topic_filter,
+            connected,
+            closing,
+            queued,
+            task,
+        }
+    }
+}
+
+enum Resubscribe {
+    V5(rumqttc::v5::AsyncClient),
+    V3(rumqttc::AsyncClient),
+}
+
+impl Resubscribe {
+    async fn close(&self, filter: Option<&str>) {
+        match self {
+            Resubscribe::V5(c) => {
+                if let Some(f) = filter {
+                    let _ = c.unsubscribe(f).await;
+                }
+                let _ = c.disconnect().await;
+            }
+            Resubscribe::V3(c) => {
+                if let Some(f) = filter {
+                    let _ = c.unsubscribe(f).await;
+                }
+                let _ = c.disconnect().await;
+            }
+        }
+    }
+
+    async fn subscribe(&self, filter: &str, qos: u8) {
+        let result = match self {
+            Resubscribe::V5(c) => c
+                .subscribe(filter, qos5(qos))
+                .await
+                .map_err(|e| e.to_string()),
+            Resubscribe::V3(c) => c
+                .subscribe(filter, qos3(qos))
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(filter, "MQTT subscribe failed: {e}");
+        }
+    }
+}
+
+async fn poll_v5(eventloop: &mut rumqttc::v5::EventLoop) -> Ev {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{Event as E, Incoming};
+    loop {
+        match eventloop.poll().await {
+            Ok(E::Incoming(Incoming::ConnAck(a))) => {
+                return Ev::ConnAck {
+                    session_present: a.session_present,
+                };
+            }
+            Ok(E::Incoming(Packet::Publish(p))) => {
+                let (properties, content_type) = p
+                    .properties
+                    .map(|pp| (pp.user_properties, pp.content_type))
+                    .unwrap_or_default();
+                return Ev::Publish {
+                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                    payload: p.payload,
+                    properties,
+                    content_type,
+                };
+            }
+            Ok(E::Incoming(Packet::PubAck(a))) => return Ev::Acked(a.pkid),
+            Ok(E::Incoming(Packet::PubComp(a))) => return Ev::Acked(a.pkid),
+            Ok(E::Outgoing(rumqttc::Outgoing::Publish(pkid))) => return Ev::Sent(pkid),
+            Ok(_) => {}
+            Err(e) => return Ev::Down(e.to_string()),
+        }
+    }
+}
+
+async fn poll_v3(eventloop: &mut rumqttc::EventLoop) -> Ev {
+    use rumqttc::{Event as E, Packet};
+    loop {
+        match eventloop.poll().await {
+            Ok(E::Incoming(Packet::ConnAck(a))) => {
+                return Ev::ConnAck {
+                    session_present: a.session_present,
+                };
+            }
+            Ok(E::Incoming(Packet::Publish(p))) => {
+                return Ev::Publish {
+                    topic: p.topic,
+                    payload: p.payload,
+                    properties: Vec::new(),
+                    content_type: None,
+                };
+            }
+            Ok(E::Incoming(Packet::PubAck(a))) => return Ev::Acked(a.pkid),
+            Ok(E::Incoming(Packet::PubComp(a))) => return Ev::Acked(a.pkid),
+            Ok(E::Outgoing(rumqttc::Outgoing::Publish(pkid))) => return Ev::Sent(pkid),
+            Ok(_) => {}
+            Err(e) => return Ev::Down(e.to_string()),
+        }
+    }
+}
+
+struct MqttBroker {
+    settings: Arc<LinkSettings>,
+    publisher: Conn,
+    /// Keeps request order equal to confirmation order.
+    order: tokio::sync::Mutex<()>,
+}
+
+/// Shared-subscription group names may not hold `/`, `+` or `#`.
+fn share_name(group: &str) -> String {
+    group
+        .chars()
+        .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
+        .collect()
+}
+
+#[async_trait]
+impl Broker for MqttBroker {
+    fn max_payload(&self) -> Option<usize> {
+        Some(256 * 1024 * 1024 - 64 * 1024) // the MQTT packet limit, less room for properties
+    }
+
+    async fn publish(&self, address: &str, event: &Event) -> Result<(), BrokerError> {
+        if !self.publisher.connected.load(Ordering::Relaxed) {
+            return Err(BrokerError::Unavailable(format!(
+                "MQTT link `{}` is not connected",
+                self.settings.link
+            )));
+        }
+        let s = &self.settings.s;
+        let (done, confirmed) = oneshot::channel();
+        let sent = {
+            let _order = self.order.lock().await;
+            self.publisher.queued.lock().unwrap().push_back(done);
+            match &self.publisher.client {
+                Client::V5(c) => {
+                    let (user_properties, content_type, payload) = encode_v5(event, s.content_mode);
+                    let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+                        user_properties,
+                        content_type,
+                        ..Default::default()
+                    };
+                    c.publish_with_properties(address, qos5(s.qos), false, payload, properties)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Client::V3(c) => c
+                    .publish(address, qos3(s.qos), false, encode_v3(event))
+                    .await
+                    .map_err(|e| e.to_string()),
+            }
+        };
+        sent.map_err(|e| BrokerError::ConnectionLost(e))?;
+        match tokio::time::timeout(s.publish_timeout, confirmed).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(BrokerError::ConnectionLost(format!(
+                "MQTT link `{}` went down before the broker acknowledged",
+                self.settings.link
+            ))),
+            Err(_) => Err(BrokerError::DeliveryFailed(format!(
+                "the MQTT broker did not acknowledge within {}",
+                humantime::format_duration(s.publish_timeout)
+            ))),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        address: &str,
+        mode: SubscribeMode,
+    ) -> Result<Box<dyn Subscription>, BrokerError> {
+        let filter = match mode {
+            SubscribeMode::Topic => address.to_string(),
+            SubscribeMode::Queue { group } => format!("$share/{}/{address}", share_name(&group)),
+        };
+        let (sink, events) = mpsc::channel(self.settings.s.buffer);
+        let conn = Conn::open(self.settings.clone(), Some(filter), Some(sink));
+        // Wait for the subscription to be in place when the broker is up.
+        for _ in 0..100 {
+            if conn.connected.load(Ordering::Relaxed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(Box::new(MqttSubscription {
+            link: self.settings.link.clone(),
+            version: self.settings.s.version,
+            events,
+            _conn: conn,
+        }))
+    }
+
+    async fn close(&self) {
+        let _ = match &self.publisher.client {
+            Client::V5(c) => c.disconnect().await.map_err(drop),
+            Client::V3(c) => c.disconnect().await.map_err(drop),
+        };
+    }
+}
+
+struct MqttSubscription {
+    link: String,
+    version: MqttVersion,
+    events: mpsc::Receiver<Ev>,
+    _conn: Conn,
+}
+
+/// Acknowledged to the broker on arrival (see the module docs).
+struct Taken;
+
+#[async_trait]
+impl Acknowledge for Taken {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        Ok(())
+    }
+    async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Subscription for MqttSubscription {
+    async fn next(&mut self) -> Option<Delivery> {
+        let Ev::Publish {
+            topic,
+            payload,
+            properties,
+            content_type,
+        } = self.events.recv().await?
+        else {
+            unreachable!("only publishes are forwarded");
+        };
+        let origin = (self.link.as_str(), topic.as_str());
+        let event = match self.version {
+            MqttVersion::V5 => decode_v5(&properties, content_type.as_deref(), &payload, origin).unwrap_or_else(|e| {
+                tracing::warn!(link = %self.link, topic = %topic, "malformed CloudEvent ({e}); delivering it as a plain message");
+                Event::wrap_plain(&self.link, &topic, content_type.as_deref(), payload.to_vec())
+            }),
+            MqttVersion::V311 => decode_v3(&payload, origin),
+        };
+        Some(Delivery::new(event, 1, Box::new(Taken)))
+    }
+}
