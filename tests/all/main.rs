@@ -12,6 +12,7 @@ mod host;
 mod http;
 mod links;
 mod manifest;
+mod mqtt;
 mod nats;
 mod redis;
 mod samples;
