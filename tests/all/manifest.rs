@@ -245,7 +245,7 @@ fn runtime_config_mistakes_are_located() {
         f.path(),
         "messaging_link.a.type",
         2,
-        "unknown link type `kafka`; known types: amqp, embedded, nats, redis",
+        "unknown link type `kafka`; known types: amqp, embedded, mqtt, nats, redis",
     );
     let (f, errors) = runtime_config_errors(
         "[messaging_link.a]\ntype = \"embedded\"\ncapacity = 10\nspeed = 3\n",

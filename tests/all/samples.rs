@@ -81,3 +81,30 @@ async fn the_watcher_subscribes_and_unsubscribes_at_run_time() {
         String::from_utf8_lossy(failed.data.as_deref().unwrap()).contains("QueueOrTopicNotFound")
     );
 }
+
+/// The relay runs unchanged on every broker: only the runtime config moves it.
+#[tokio::test]
+async fn the_relay_runs_on_every_broker_by_runtime_config_alone() {
+    guests();
+    // SAFETY: set before any provider reads it; no other test reads this variable.
+    unsafe { std::env::set_var("SPIN_VARIABLE_AMQP_PASSWORD", "guest") };
+    for broker in ["nats", "jetstream", "mqtt", "redis", "rabbitmq"] {
+        let rc = repo().join(format!("sample-apps/runtime-config/{broker}.toml"));
+        let relay = repo().join("sample-apps/relay/spin.toml");
+        let provider = start(&[&relay], Some(&rc)).await;
+        let mut shipments = watch(&provider, "relay", "shipments").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let id = format!("{broker}-{}", uuid::Uuid::new_v4().simple());
+        let mut order = event(&id, "com.example.order.created");
+        order.data = Some(br#"{"sku":"C3"}"#.to_vec());
+        order.datacontenttype = Some("application/json".into());
+        send(&provider, "relay", "orders", order).await;
+        let shipped = shipments.next_with_id(&format!("{id}-shipped")).await;
+        assert_eq!(
+            shipped.extension("relayedfrom"),
+            Some(id.as_str()),
+            "on {broker}"
+        );
+        provider.shutdown(Duration::from_secs(5)).await;
+    }
+}

@@ -83,7 +83,7 @@ impl BinaryMode {
             let Some(attr) = self.attribute_name(key) else {
                 continue;
             };
-            found = true;
+            found |= attr == "specversion";
             let value = if self.percent_encoded {
                 percent_decode_str(raw)
                     .decode_utf8()
@@ -139,6 +139,7 @@ mod tests {
             .read(
                 [
                     ("cloudEvents:id", "1"),
+                    ("cloudEvents_specversion", "1.0"),
                     ("cloudEvents_type", "t"),
                     ("other", "x"),
                 ],
