@@ -9,9 +9,11 @@
 //! start; the link connects on first use) and recovers on its own after a
 //! connection loss, re-declaring the topology and re-starting consumers.
 
-use super::{Acknowledge, Broker, BrokerError, Delivery, MakeBroker, SubscribeMode, Subscription};
+use super::{
+    Acknowledge, Broker, BrokerError, Delivery, MakeBroker, SubscribeMode, Subscription, redact_url,
+};
 use crate::cloudevents::Event;
-use crate::cloudevents::amqp::{decode, encode};
+use crate::cloudevents::amqp::BINARY;
 use crate::cloudevents::nats::ContentMode;
 use async_trait::async_trait;
 use futures::StreamExt as _;
@@ -47,7 +49,7 @@ pub struct AmqpSettings {
     #[serde(default)]
     pub content_mode: ContentMode,
     /// How long a publish may wait for the broker's confirm.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "super::default_publish_timeout", with = "humantime_serde")]
     pub publish_timeout: Duration,
 }
 
@@ -60,18 +62,6 @@ fn default_exchange() -> String {
 fn default_prefetch() -> u16 {
     16
 }
-fn default_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
-}
 
 #[async_trait]
 impl MakeBroker for MakeAmqp {
@@ -81,7 +71,7 @@ impl MakeBroker for MakeAmqp {
     fn describe(s: &AmqpSettings) -> String {
         format!(
             "amqp {} (exchange `{}`, prefetch {}, queues at least once)",
-            redacted(&s.url),
+            redact_url(&s.url),
             s.exchange,
             s.prefetch
         )
@@ -95,7 +85,7 @@ impl MakeBroker for MakeAmqp {
             state: tokio::sync::Mutex::new(None),
         };
         if let Err(e) = broker.publisher().await {
-            tracing::warn!(link = %name, url = %redacted(&s.url), "AMQP broker not reachable yet ({e}); connecting on first use");
+            tracing::warn!(link = %name, url = %redact_url(&s.url), "AMQP broker not reachable yet ({e}); connecting on first use");
         }
         Ok(Arc::new(broker))
     }
@@ -216,7 +206,8 @@ impl Broker for AmqpBroker {
 
     async fn publish(&self, address: &str, event: &Event) -> Result<(), BrokerError> {
         let (_, channel) = self.publisher().await?;
-        let (headers, content_type, body) = encode(event, self.settings.content_mode);
+        let (headers, content_type, body) =
+            BINARY.encode_message(event, self.settings.content_mode);
         let mut table = FieldTable::default();
         for (k, v) in headers {
             table.insert(k.into(), AMQPValue::LongString(v.into()));
@@ -379,7 +370,8 @@ impl Subscription for AmqpSubscription {
                         }
                     }
                     let content_type = props.content_type().as_ref().map(|c| c.to_string());
-                    let event = decode(&headers, content_type.as_deref(), &delivery.data, (&self.link, &self.address))
+                    let event = BINARY
+                        .decode_message(&headers, content_type.as_deref(), &delivery.data, (&self.link, &self.address))
                         .unwrap_or_else(|e| {
                             tracing::warn!(link = %self.link, "malformed CloudEvent ({e}); delivering it as a plain message");
                             Event::wrap_plain(&self.link, &self.address, None, delivery.data.clone())

@@ -136,6 +136,39 @@ impl Delivery {
     }
 }
 
+/// The settlement of links that deliver at most once: there is nothing to
+/// tell the broker, and a nack cannot bring the event back.
+pub struct NothingToSettle;
+
+#[async_trait]
+impl Acknowledge for NothingToSettle {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        Ok(())
+    }
+    async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
+        Ok(())
+    }
+}
+
+/// A broker URL (or comma-separated URLs) fit for logs: user information
+/// is replaced by `***`.
+pub fn redact_url(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***@{}", &u[..scheme], &u[at + 1..])
+            }
+            _ => u.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The default bound on a publish to a remote broker.
+pub(crate) fn default_publish_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
+}
+
 /// A link type: the runtime-config `type` it answers to, its settings and how
 /// it connects (the shape of Spin's `MakeKeyValueStore`).
 #[async_trait]
@@ -242,5 +275,17 @@ impl LinkRegistry {
         settings: toml::Value,
     ) -> Option<Result<Box<dyn PreparedLink>, ConfigError>> {
         self.types.get(link_type).map(|p| p(src, at, settings))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(
+            super::redact_url("nats://u:secret@h:4222,nats://h2:4222"),
+            "nats://***@h:4222,nats://h2:4222"
+        );
+        assert_eq!(super::redact_url("redis://127.0.0.1"), "redis://127.0.0.1");
     }
 }

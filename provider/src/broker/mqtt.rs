@@ -16,9 +16,12 @@
 //! acknowledged into the buffer is lost if the process dies (at most once
 //! past the broker).
 
-use super::{Acknowledge, Broker, BrokerError, Delivery, MakeBroker, SubscribeMode, Subscription};
+use super::{
+    Broker, BrokerError, Delivery, MakeBroker, NothingToSettle, SubscribeMode, Subscription,
+};
 use crate::cloudevents::Event;
-use crate::cloudevents::mqtt::{decode_v3, decode_v5, encode_v3, encode_v5};
+use crate::cloudevents::json;
+use crate::cloudevents::mqtt::BINARY;
 use crate::cloudevents::nats::ContentMode;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -65,7 +68,7 @@ pub struct MqttSettings {
     #[serde(default)]
     pub content_mode: ContentMode,
     /// How long a publish waits for the broker's acknowledgement.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "super::default_publish_timeout", with = "humantime_serde")]
     pub publish_timeout: Duration,
     /// How long the broker keeps a session (and its queued messages) while
     /// its connection is down.
@@ -84,9 +87,6 @@ fn default_url() -> String {
 }
 fn default_qos() -> u8 {
     1
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(5)
 }
 fn default_session_expiry() -> Duration {
     Duration::from_secs(300)
@@ -512,7 +512,8 @@ impl Broker for MqttBroker {
             self.publisher.queued.lock().unwrap().push_back(done);
             match &self.publisher.client {
                 Client::V5(c) => {
-                    let (user_properties, content_type, payload) = encode_v5(event, s.content_mode);
+                    let (user_properties, content_type, payload) =
+                        BINARY.encode_message(event, s.content_mode);
                     let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
                         user_properties,
                         content_type,
@@ -523,12 +524,12 @@ impl Broker for MqttBroker {
                         .map_err(|e| e.to_string())
                 }
                 Client::V3(c) => c
-                    .publish(address, qos3(s.qos), false, encode_v3(event))
+                    .publish(address, qos3(s.qos), false, json::encode(event))
                     .await
                     .map_err(|e| e.to_string()),
             }
         };
-        sent.map_err(|e| BrokerError::ConnectionLost(e))?;
+        sent.map_err(BrokerError::ConnectionLost)?;
         match tokio::time::timeout(s.publish_timeout, confirmed).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(BrokerError::ConnectionLost(format!(
@@ -584,19 +585,6 @@ struct MqttSubscription {
     _conn: Conn,
 }
 
-/// Acknowledged to the broker on arrival (see the module docs).
-struct Taken;
-
-#[async_trait]
-impl Acknowledge for Taken {
-    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        Ok(())
-    }
-    async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
-        Ok(())
-    }
-}
-
 #[async_trait]
 impl Subscription for MqttSubscription {
     async fn next(&mut self) -> Option<Delivery> {
@@ -611,12 +599,13 @@ impl Subscription for MqttSubscription {
         };
         let origin = (self.link.as_str(), topic.as_str());
         let event = match self.version {
-            MqttVersion::V5 => decode_v5(&properties, content_type.as_deref(), &payload, origin).unwrap_or_else(|e| {
+            MqttVersion::V5 => BINARY.decode_message(&properties, content_type.as_deref(), &payload, origin).unwrap_or_else(|e| {
                 tracing::warn!(link = %self.link, topic = %topic, "malformed CloudEvent ({e}); delivering it as a plain message");
                 Event::wrap_plain(&self.link, &topic, content_type.as_deref(), payload.to_vec())
             }),
-            MqttVersion::V311 => decode_v3(&payload, origin),
+            MqttVersion::V311 => json::decode_or_wrap(&payload, origin),
         };
-        Some(Delivery::new(event, 1, Box::new(Taken)))
+        // Acknowledged to the broker on arrival (see the module docs).
+        Some(Delivery::new(event, 1, Box::new(NothingToSettle)))
     }
 }

@@ -8,7 +8,10 @@
 //! its own. While it is disconnected a publish fails at once with
 //! `service-unavailable`.
 
-use super::{Acknowledge, Broker, BrokerError, Delivery, MakeBroker, SubscribeMode, Subscription};
+use super::{
+    Acknowledge, Broker, BrokerError, Delivery, MakeBroker, NothingToSettle, SubscribeMode,
+    Subscription, redact_url,
+};
 use crate::cloudevents::Event;
 use crate::cloudevents::nats::{ContentMode, decode, encode};
 use async_nats::jetstream::{self, consumer::pull, stream};
@@ -48,7 +51,7 @@ pub struct NatsSettings {
     #[serde(default)]
     pub content_mode: ContentMode,
     /// How long a publish may take before it fails.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "super::default_publish_timeout", with = "humantime_serde")]
     pub publish_timeout: Duration,
     /// Use JetStream: at-least-once delivery with explicit acks.
     #[serde(default)]
@@ -64,27 +67,11 @@ pub struct NatsSettings {
 fn default_url() -> String {
     "nats://127.0.0.1:4222".into()
 }
-fn default_timeout() -> Duration {
-    Duration::from_secs(5)
-}
 fn default_ack_wait() -> Duration {
     Duration::from_secs(30)
 }
 fn default_stream_prefix() -> String {
     "MESSAGING_".into()
-}
-
-/// The URL without user information, for logs.
-fn redacted(url: &str) -> String {
-    url.split(',')
-        .map(|u| match (u.find("://"), u.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}://***@{}", &u[..scheme], &u[at + 1..])
-            }
-            _ => u.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 #[async_trait]
@@ -100,7 +87,7 @@ impl MakeBroker for MakeNats {
         };
         format!(
             "nats {} ({mode}, {:?} mode)",
-            redacted(&s.url),
+            redact_url(&s.url),
             s.content_mode
         )
     }
@@ -153,7 +140,7 @@ impl MakeBroker for MakeNats {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if client.connection_state() != State::Connected {
-            tracing::warn!(link = %name, url = %redacted(&s.url), "NATS server not reachable yet; retrying in the background");
+            tracing::warn!(link = %name, url = %redact_url(&s.url), "NATS server not reachable yet; retrying in the background");
         }
         let js = s.jetstream.then(|| jetstream::new(client.clone()));
         Ok(Arc::new(NatsBroker {
@@ -264,12 +251,7 @@ fn pairs_of(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
 }
 
 fn event_of(link: &str, subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Event {
-    let pairs = pairs_of(headers);
-    let borrowed: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    decode(&borrowed, payload, (link, subject)).unwrap_or_else(|e| {
+    decode(&pairs_of(headers), payload, (link, subject)).unwrap_or_else(|e| {
         // Malformed CloudEvents metadata: deliver the bytes rather than lose them.
         tracing::warn!(
             link,
@@ -398,19 +380,6 @@ struct CoreSubscription {
     subscriber: async_nats::Subscriber,
 }
 
-/// Core NATS has nothing to settle: delivery is at most once.
-struct NoAck;
-
-#[async_trait]
-impl Acknowledge for NoAck {
-    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        Ok(())
-    }
-    async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
-        Ok(())
-    }
-}
-
 #[async_trait]
 impl Subscription for CoreSubscription {
     async fn next(&mut self) -> Option<Delivery> {
@@ -421,7 +390,7 @@ impl Subscription for CoreSubscription {
             message.headers.as_ref(),
             &message.payload,
         );
-        Some(Delivery::new(event, 1, Box::new(NoAck)))
+        Some(Delivery::new(event, 1, Box::new(NothingToSettle)))
     }
 }
 

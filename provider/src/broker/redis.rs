@@ -8,12 +8,14 @@
 //! subscription has its own connection (reads block) and re-subscribes after
 //! the server comes back. While the server is away, a publish fails fast.
 
-use super::{Acknowledge, Broker, BrokerError, Delivery, MakeBroker, SubscribeMode, Subscription};
-use crate::cloudevents::Event;
-use crate::cloudevents::nats::ContentMode;
-use crate::cloudevents::redis::{
-    decode_fields, decode_payload, encode_fields, encode_payload, structured_fields,
+use super::{
+    Acknowledge, Broker, BrokerError, Delivery, MakeBroker, NothingToSettle, SubscribeMode,
+    Subscription, redact_url,
 };
+use crate::cloudevents::Event;
+use crate::cloudevents::json;
+use crate::cloudevents::nats::ContentMode;
+use crate::cloudevents::redis::{decode_fields, encode_fields, structured_fields};
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -38,7 +40,7 @@ pub struct RedisSettings {
     #[serde(default)]
     pub content_mode: ContentMode,
     /// How long a publish may take before it fails.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "super::default_publish_timeout", with = "humantime_serde")]
     pub publish_timeout: Duration,
     /// How long an unacknowledged stream entry waits before another consumer
     /// of its group takes it over.
@@ -52,9 +54,6 @@ pub struct RedisSettings {
 fn default_url() -> String {
     "redis://127.0.0.1:6379".into()
 }
-fn default_timeout() -> Duration {
-    Duration::from_secs(5)
-}
 fn default_claim_after() -> Duration {
     Duration::from_secs(30)
 }
@@ -65,15 +64,6 @@ fn default_batch() -> usize {
 /// How long one blocking read waits before checking for claims and stops.
 const BLOCK: Duration = Duration::from_millis(1000);
 
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
-}
-
 #[async_trait]
 impl MakeBroker for MakeRedis {
     const TYPE: &'static str = "redis";
@@ -82,7 +72,7 @@ impl MakeBroker for MakeRedis {
     fn describe(s: &RedisSettings) -> String {
         format!(
             "redis {} (topics: pub/sub, at most once; queues: streams + consumer groups, at least once)",
-            redacted(&s.url)
+            redact_url(&s.url)
         )
     }
 
@@ -91,7 +81,7 @@ impl MakeBroker for MakeRedis {
         let client = redis::Client::open(s.url.as_str())?;
         let commands = manager(&client, s.publish_timeout).await;
         if commands.is_none() {
-            tracing::warn!(link = %name, url = %redacted(&s.url), "Redis not reachable yet; retrying on use");
+            tracing::warn!(link = %name, url = %redact_url(&s.url), "Redis not reachable yet; retrying on use");
         }
         Ok(Arc::new(RedisBroker {
             name: name.into(),
@@ -194,7 +184,7 @@ impl Broker for RedisBroker {
         match self.kind(address) {
             Kind::PubSub => {
                 cmd = redis::cmd("PUBLISH");
-                cmd.arg(address).arg(encode_payload(event));
+                cmd.arg(address).arg(json::encode(event));
             }
             Kind::Stream => {
                 let fields = match self.settings.content_mode {
@@ -322,19 +312,6 @@ impl PubSubSubscription {
     }
 }
 
-/// Nothing to settle on pub/sub: delivery is at most once.
-struct NoAck;
-
-#[async_trait]
-impl Acknowledge for NoAck {
-    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        Ok(())
-    }
-    async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
-        Ok(())
-    }
-}
-
 #[async_trait]
 impl Subscription for PubSubSubscription {
     async fn next(&mut self) -> Option<Delivery> {
@@ -343,8 +320,8 @@ impl Subscription for PubSubSubscription {
                 && let Some(msg) = stream.next().await
             {
                 let event =
-                    decode_payload(msg.get_payload_bytes(), (&self.origin.0, &self.origin.1));
-                return Some(Delivery::new(event, 1, Box::new(NoAck)));
+                    json::decode_or_wrap(msg.get_payload_bytes(), (&self.origin.0, &self.origin.1));
+                return Some(Delivery::new(event, 1, Box::new(NothingToSettle)));
             }
             // The connection ended: re-subscribe once the server is back.
             if self.stream.take().is_some() {
@@ -361,19 +338,21 @@ impl Subscription for PubSubSubscription {
 /// Stream entries as (id, fields).
 type Entry = (String, Vec<(String, Vec<u8>)>);
 
+fn entry(id: redis::streams::StreamId) -> Entry {
+    let fields = id
+        .map
+        .into_iter()
+        .map(|(k, v)| (k, redis::from_redis_value::<Vec<u8>>(v).unwrap_or_default()))
+        .collect();
+    (id.id, fields)
+}
+
 fn entries(reply: StreamReadReply) -> Vec<Entry> {
     reply
         .keys
         .into_iter()
         .flat_map(|k| k.ids)
-        .map(|id| {
-            let fields = id
-                .map
-                .into_iter()
-                .map(|(k, v)| (k, redis::from_redis_value::<Vec<u8>>(v).unwrap_or_default()))
-                .collect();
-            (id.id, fields)
-        })
+        .map(entry)
         .collect()
 }
 
@@ -402,7 +381,7 @@ impl Subscription for StreamWatch {
                 return Some(Delivery::new(
                     event_of(&self.origin, &fields),
                     1,
-                    Box::new(NoAck),
+                    Box::new(NothingToSettle),
                 ));
             }
             let read: redis::RedisResult<StreamReadReply> = redis::cmd("XREAD")
@@ -454,18 +433,7 @@ impl GroupReader {
             cmd.arg(id);
         }
         let reply: redis::streams::StreamClaimReply = cmd.query_async(&mut self.conn).await?;
-        Ok(reply
-            .ids
-            .into_iter()
-            .map(|id| {
-                let fields = id
-                    .map
-                    .into_iter()
-                    .map(|(k, v)| (k, redis::from_redis_value::<Vec<u8>>(v).unwrap_or_default()))
-                    .collect();
-                (id.id, fields)
-            })
-            .collect())
+        Ok(reply.ids.into_iter().map(entry).collect())
     }
 
     /// The delivery count of pending entries.

@@ -5,7 +5,8 @@
 //! percent-encoded, and whether `datacontenttype` travels as an attribute or
 //! as the protocol's own content type.
 
-use super::Event;
+use super::nats::ContentMode;
+use super::{Event, JSON_FORMAT, is_structured, json};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
 /// Characters the HTTP and NATS bindings percent-encode in values: space,
@@ -112,6 +113,58 @@ impl BinaryMode {
             }
         }
         Ok(found.then_some(event))
+    }
+
+    /// A whole message for an event: metadata entries, the protocol content
+    /// type, and the body. Structured mode carries the JSON format instead.
+    pub fn encode_message(
+        &self,
+        event: &Event,
+        mode: ContentMode,
+    ) -> (Vec<(String, String)>, Option<String>, Vec<u8>) {
+        match mode {
+            ContentMode::Binary => {
+                let content_type = event
+                    .datacontenttype
+                    .clone()
+                    .filter(|_| !self.content_type_as_attribute);
+                (
+                    self.write(event),
+                    content_type,
+                    event.data.clone().unwrap_or_default(),
+                )
+            }
+            ContentMode::Structured => (Vec::new(), Some(JSON_FORMAT.into()), json::encode(event)),
+        }
+    }
+
+    /// The event in a received message, in whichever mode it came; a message
+    /// with no CloudEvent in it is wrapped, its source naming `origin`
+    /// (link, address).
+    pub fn decode_message(
+        &self,
+        entries: &[(String, String)],
+        content_type: Option<&str>,
+        body: &[u8],
+        origin: (&str, &str),
+    ) -> Result<Event, String> {
+        if is_structured(content_type) {
+            return json::decode(body);
+        }
+        let data = (!body.is_empty() || content_type.is_some()).then(|| body.to_vec());
+        match self.read(
+            entries.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            content_type,
+            data,
+        )? {
+            Some(event) => Ok(event),
+            None => Ok(Event::wrap_plain(
+                origin.0,
+                origin.1,
+                content_type,
+                body.to_vec(),
+            )),
+        }
     }
 
     fn attribute_name(&self, key: &str) -> Option<String> {

@@ -127,6 +127,18 @@ pub fn decode(bytes: &[u8]) -> Result<Event, String> {
     Ok(event)
 }
 
+/// The event in a payload that carries no metadata (Redis pub/sub, MQTT
+/// 3.1.1): a CloudEvents JSON document, or else a plain message, wrapped
+/// with its source naming `origin` (link, address).
+pub fn decode_or_wrap(payload: &[u8], origin: (&str, &str)) -> Event {
+    let looks_structured = serde_json::from_slice::<Map<String, Value>>(payload)
+        .is_ok_and(|m| m.contains_key("specversion"));
+    match looks_structured.then(|| decode(payload)) {
+        Some(Ok(event)) => event,
+        _ => Event::wrap_plain(origin.0, origin.1, None, payload.to_vec()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,8 @@
 //! the JSON format with `Content-Type: application/cloudevents+json`.
 //! Messages with neither are wrapped (see [`Event::wrap_plain`]).
 
+use super::Event;
 use super::binary::BinaryMode;
-use super::{Event, JSON_FORMAT, is_structured, json};
 
 /// NATS binary mode.
 pub const BINARY: BinaryMode = BinaryMode {
@@ -26,39 +26,25 @@ pub enum ContentMode {
 
 /// Headers and payload for an event.
 pub fn encode(event: &Event, mode: ContentMode) -> (Vec<(String, String)>, Vec<u8>) {
-    match mode {
-        ContentMode::Binary => (BINARY.write(event), event.data.clone().unwrap_or_default()),
-        ContentMode::Structured => (
-            vec![("Content-Type".into(), JSON_FORMAT.into())],
-            json::encode(event),
-        ),
+    let (mut headers, content_type, body) = BINARY.encode_message(event, mode);
+    if let Some(ct) = content_type {
+        headers.push(("Content-Type".into(), ct));
     }
+    (headers, body)
 }
 
 /// The event in a received message, in whichever mode it came; `origin`
 /// (link, subject) names the source of a wrapped plain message.
 pub fn decode(
-    headers: &[(&str, &str)],
+    headers: &[(String, String)],
     payload: &[u8],
     origin: (&str, &str),
 ) -> Result<Event, String> {
     let content_type = headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        .map(|(_, v)| *v);
-    if is_structured(content_type) {
-        return json::decode(payload);
-    }
-    let data = (!payload.is_empty()).then(|| payload.to_vec());
-    match BINARY.read(headers.iter().copied(), None, data)? {
-        Some(event) => Ok(event),
-        None => Ok(Event::wrap_plain(
-            origin.0,
-            origin.1,
-            content_type,
-            payload.to_vec(),
-        )),
-    }
+        .map(|(_, v)| v.as_str());
+    BINARY.decode_message(headers, content_type, payload, origin)
 }
 
 #[cfg(test)]
@@ -78,12 +64,8 @@ mod tests {
     fn both_modes_round_trip() {
         for mode in [ContentMode::Binary, ContentMode::Structured] {
             let (headers, body) = encode(&sample(), mode);
-            let pairs: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
             assert_eq!(
-                decode(&pairs, &body, ("l", "s")).unwrap(),
+                decode(&headers, &body, ("l", "s")).unwrap(),
                 sample(),
                 "{mode:?}"
             );
@@ -99,7 +81,7 @@ mod tests {
     #[test]
     fn plain_messages_are_wrapped() {
         let e = decode(
-            &[("Content-Type", "text/plain")],
+            &[("Content-Type".into(), "text/plain".into())],
             b"hi",
             ("nats1", "orders"),
         )

@@ -1,5 +1,6 @@
 //! Redis has no CloudEvents binding, so this one follows the others:
-//! - pub/sub carries only a payload: structured mode (the JSON format);
+//! - pub/sub carries only a payload: structured mode (the JSON format,
+//!   [`json::encode`] / [`json::decode_or_wrap`]);
 //! - stream entries are field/value maps: binary mode, a `ce-<attribute>`
 //!   field per attribute (`datacontenttype` included, values raw) and the data
 //!   in a `data` field.
@@ -23,22 +24,6 @@ pub const STREAM_FIELDS: BinaryMode = BinaryMode {
 pub const DATA_FIELD: &str = "data";
 /// The stream field that marks a structured-mode entry.
 pub const CONTENT_TYPE_FIELD: &str = "content-type";
-
-/// A pub/sub payload.
-pub fn encode_payload(event: &Event) -> Vec<u8> {
-    json::encode(event)
-}
-
-/// The event in a pub/sub payload.
-pub fn decode_payload(payload: &[u8], origin: (&str, &str)) -> Event {
-    let looks_structured =
-        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(payload)
-            .is_ok_and(|m| m.contains_key("specversion"));
-    match looks_structured.then(|| json::decode(payload)) {
-        Some(Ok(event)) => event,
-        _ => Event::wrap_plain(origin.0, origin.1, None, payload.to_vec()),
-    }
-}
 
 /// The fields of a stream entry.
 pub fn encode_fields(event: &Event) -> Vec<(String, Vec<u8>)> {
@@ -123,7 +108,7 @@ mod tests {
     #[test]
     fn every_mode_round_trips() {
         assert_eq!(
-            decode_payload(&encode_payload(&sample()), ("l", "a")),
+            json::decode_or_wrap(&json::encode(&sample()), ("l", "a")),
             sample()
         );
         assert_eq!(
@@ -138,7 +123,7 @@ mod tests {
 
     #[test]
     fn plain_messages_are_wrapped() {
-        let e = decode_payload(b"hello", ("r", "chan"));
+        let e = json::decode_or_wrap(b"hello", ("r", "chan"));
         assert_eq!(
             (e.source.as_str(), e.data.as_deref()),
             ("urn:trigger-messaging:r:chan", Some(&b"hello"[..]))
