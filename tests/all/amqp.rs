@@ -1,7 +1,7 @@
 //! The AMQP link beyond the conformance suite: interoperation with a client
 //! that is not ours (pika), and two processes sharing a queue.
 
-use crate::links::{app_on, two_processes_share_a_queue};
+use crate::links::{PrivateServer, app_on, reconnects, two_processes_share_a_queue};
 use crate::support::*;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -83,4 +83,36 @@ async fn a_foreign_client_publishes_plain_and_cloudevents_and_reads_ours() {
 #[tokio::test]
 async fn two_processes_share_an_amqp_queue() {
     two_processes_share_a_queue("type = \"amqp\"\n", true).await;
+}
+
+/// A RabbitMQ node of the test's own (run directly, not as a service), its
+/// data in the test's directory.
+fn rabbitmq(port: u16, dir: &std::path::Path) -> Command {
+    let mut c = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
+    let plugins = dir.join("enabled_plugins");
+    let _ = std::fs::write(&plugins, "");
+    c.env("RABBITMQ_NODENAME", format!("test{port}@localhost"))
+        .env("RABBITMQ_NODE_PORT", port.to_string())
+        .env(
+            "RABBITMQ_DIST_PORT",
+            (port as u32 + 10000).min(65000).to_string(),
+        )
+        .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+        .env("RABBITMQ_LOG_BASE", dir.join("log"))
+        .env("RABBITMQ_ENABLED_PLUGINS_FILE", &plugins)
+        .env("RABBITMQ_FEATURE_FLAGS_FILE", dir.join("feature_flags"))
+        .env("RABBITMQ_PLUGINS_EXPAND_DIR", dir.join("plugins-expand"))
+        .env("RABBITMQ_CONFIG_FILE", dir.join("none"))
+        .env("HOME", dir);
+    c
+}
+
+#[tokio::test]
+async fn amqp_recovers_and_resubscribes_after_a_restart() {
+    let server = PrivateServer::start(rabbitmq);
+    let settings = format!(
+        "type = \"amqp\"\nurl = \"amqp://guest:guest@127.0.0.1:{}/%2f\"\npublish_timeout = \"2s\"\n",
+        server.port
+    );
+    reconnects(server, &settings).await;
 }

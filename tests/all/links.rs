@@ -56,7 +56,11 @@ impl PrivateServer {
     }
 
     pub fn restart(&mut self) {
+        use std::os::unix::process::CommandExt as _;
+        // A process group of its own, so that a server that forks (RabbitMQ)
+        // is killed whole.
         let child = (self.command)(self.port, self.store.path())
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -72,9 +76,12 @@ impl PrivateServer {
         self.child = Some(child);
     }
 
+    /// Kills the server and everything it started, at once (SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
+            let _ = Command::new("kill")
+                .args(["-9", "--", &format!("-{}", c.id())])
+                .status();
             c.wait().unwrap();
         }
     }

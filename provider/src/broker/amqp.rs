@@ -6,8 +6,9 @@
 //! own. At least once for queues.
 //!
 //! The client connects at start (a broker that is down does not stop the
-//! start; the link connects on first use) and recovers on its own after a
-//! connection loss, re-declaring the topology and re-starting consumers.
+//! start; the link connects on first use). After a connection loss the next
+//! publish reconnects (or fails at once while the broker is away), and each
+//! subscription re-declares its queue and binding and consumes again.
 
 use super::{
     Acknowledge, Broker, BrokerError, Delivery, MakeBroker, SubscribeMode, Subscription, redact_url,
@@ -79,19 +80,23 @@ impl MakeBroker for MakeAmqp {
 
     async fn connect(&self, name: &str, s: &AmqpSettings) -> anyhow::Result<Arc<dyn Broker>> {
         anyhow::ensure!(s.prefetch > 0, "`prefetch` must be at least 1");
-        let broker = AmqpBroker {
+        let broker = AmqpBroker(Arc::new(Inner {
             name: name.into(),
             settings: s.clone(),
             state: tokio::sync::Mutex::new(None),
-        };
-        if let Err(e) = broker.publisher().await {
+        }));
+        if let Err(e) = broker.0.publisher().await {
             tracing::warn!(link = %name, url = %redact_url(&s.url), "AMQP broker not reachable yet ({e}); connecting on first use");
         }
         Ok(Arc::new(broker))
     }
 }
 
-struct AmqpBroker {
+struct AmqpBroker(Arc<Inner>);
+
+/// What the broker and its subscriptions share, so that either can
+/// reconnect.
+struct Inner {
     name: String,
     settings: AmqpSettings,
     /// The connection and the confirm-mode channel publishes go through.
@@ -102,8 +107,9 @@ fn unavailable(link: &str, e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(format!("AMQP link `{link}`: {e}"))
 }
 
-impl AmqpBroker {
-    /// The connection and publishing channel, connecting if there is none.
+impl Inner {
+    /// The connection and publishing channel, connecting if there is none
+    /// or the last one broke.
     async fn publisher(&self) -> Result<(Arc<Connection>, Channel), BrokerError> {
         let mut state = self.state.lock().await;
         if let Some((conn, channel)) = state.as_ref()
@@ -111,15 +117,11 @@ impl AmqpBroker {
         {
             return Ok((conn.clone(), channel.clone()));
         }
-        if let Some((conn, _)) = state.as_ref()
-            && !conn.status().closed()
-            && !conn.status().errored()
-        {
-            // Recovering: fail fast instead of stacking a second connection.
-            return Err(unavailable(&self.name, "the connection is being recovered"));
+        if let Some((conn, _)) = state.take() {
+            tracing::warn!(link = %self.name, "AMQP connection lost; reconnecting");
+            let _ = conn.close(200, "reconnecting".into()).await;
         }
         let properties = ConnectionProperties::default()
-            .enable_auto_recover()
             .with_connection_name(format!("trigger-messaging/{}", self.name).into());
         let conn = tokio::time::timeout(
             self.settings.publish_timeout,
@@ -198,6 +200,37 @@ impl AmqpBroker {
     }
 }
 
+impl Inner {
+    /// Opens a channel that consumes `address`: from the group's durable
+    /// queue, or from an exclusive queue of its own for a topic subscriber.
+    async fn consume(
+        &self,
+        address: &str,
+        group: Option<&str>,
+    ) -> Result<(Channel, lapin::Consumer), BrokerError> {
+        let (conn, _) = self.publisher().await?;
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| unavailable(&self.name, e))?;
+        let queue = self.bound_queue(&channel, address, group).await?;
+        channel
+            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| unavailable(&self.name, e))?;
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| unavailable(&self.name, e))?;
+        Ok((channel, consumer))
+    }
+}
+
 #[async_trait]
 impl Broker for AmqpBroker {
     fn max_payload(&self) -> Option<usize> {
@@ -205,9 +238,10 @@ impl Broker for AmqpBroker {
     }
 
     async fn publish(&self, address: &str, event: &Event) -> Result<(), BrokerError> {
-        let (_, channel) = self.publisher().await?;
+        let inner = &self.0;
+        let (_, channel) = inner.publisher().await?;
         let (headers, content_type, body) =
-            BINARY.encode_message(event, self.settings.content_mode);
+            BINARY.encode_message(event, inner.settings.content_mode);
         let mut table = FieldTable::default();
         for (k, v) in headers {
             table.insert(k.into(), AMQPValue::LongString(v.into()));
@@ -218,11 +252,11 @@ impl Broker for AmqpBroker {
         if let Some(ct) = content_type {
             properties = properties.with_content_type(ct.into());
         }
-        let timeout = self.settings.publish_timeout;
+        let timeout = inner.settings.publish_timeout;
         let confirm = async {
             channel
                 .basic_publish(
-                    self.settings.exchange.as_str().into(),
+                    inner.settings.exchange.as_str().into(),
                     address.into(),
                     BasicPublishOptions::default(),
                     &body,
@@ -238,7 +272,7 @@ impl Broker for AmqpBroker {
             ))),
             Ok(Err(e)) => Err(BrokerError::ConnectionLost(format!(
                 "AMQP link `{}`: {e}",
-                self.name
+                inner.name
             ))),
             Ok(Ok(Confirmation::Nack(_))) => Err(BrokerError::DeliveryFailed(
                 "RabbitMQ refused the event (nack)".into(),
@@ -248,12 +282,12 @@ impl Broker for AmqpBroker {
     }
 
     async fn declare_queue(&self, address: &str, group: &str) -> Result<(), BrokerError> {
-        let (conn, _) = self.publisher().await?;
+        let (conn, _) = self.0.publisher().await?;
         let channel = conn
             .create_channel()
             .await
-            .map_err(|e| unavailable(&self.name, e))?;
-        self.bound_queue(&channel, address, Some(group)).await?;
+            .map_err(|e| unavailable(&self.0.name, e))?;
+        self.0.bound_queue(&channel, address, Some(group)).await?;
         let _ = channel.close(200, "declared".into()).await;
         Ok(())
     }
@@ -263,49 +297,35 @@ impl Broker for AmqpBroker {
         address: &str,
         mode: SubscribeMode,
     ) -> Result<Box<dyn Subscription>, BrokerError> {
-        let (conn, _) = self.publisher().await?;
-        let channel = conn
-            .create_channel()
-            .await
-            .map_err(|e| unavailable(&self.name, e))?;
-        let group = match &mode {
-            SubscribeMode::Queue { group } => Some(group.as_str()),
+        let group = match mode {
+            SubscribeMode::Queue { group } => Some(group),
             SubscribeMode::Topic => None,
         };
-        let queue = self.bound_queue(&channel, address, group).await?;
-        channel
-            .basic_qos(self.settings.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|e| unavailable(&self.name, e))?;
-        let consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| unavailable(&self.name, e))?;
+        let (channel, consumer) = self.0.consume(address, group.as_deref()).await?;
         Ok(Box::new(AmqpSubscription {
-            link: self.name.clone(),
+            inner: self.0.clone(),
             address: address.into(),
+            group,
             channel,
-            consumer,
+            consumer: Some(consumer),
         }))
     }
 
     async fn close(&self) {
-        if let Some((conn, _)) = self.state.lock().await.take() {
+        if let Some((conn, _)) = self.0.state.lock().await.take() {
             let _ = conn.close(200, "shutting down".into()).await;
         }
     }
 }
 
+/// A consumer that re-creates itself (channel, queue, binding, consumer)
+/// after the connection is lost.
 struct AmqpSubscription {
-    link: String,
+    inner: Arc<Inner>,
     address: String,
+    group: Option<String>,
     channel: Channel,
-    consumer: lapin::Consumer,
+    consumer: Option<lapin::Consumer>,
 }
 
 impl Drop for AmqpSubscription {
@@ -344,52 +364,63 @@ impl Acknowledge for AmqpAck {
     }
 }
 
+impl AmqpSubscription {
+    fn delivery(&self, delivery: lapin::message::Delivery) -> Delivery {
+        let link = &self.inner.name;
+        let props = &delivery.properties;
+        let mut headers = Vec::new();
+        let mut delivery_count = None;
+        if let Some(table) = props.headers() {
+            for (k, v) in table.inner() {
+                let value = match v {
+                    AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                    AMQPValue::ShortString(s) => s.to_string(),
+                    AMQPValue::LongLongInt(n) if k.as_str() == "x-delivery-count" => {
+                        delivery_count = Some(*n as u32);
+                        continue;
+                    }
+                    other => format!("{other:?}"),
+                };
+                headers.push((k.to_string(), value));
+            }
+        }
+        let content_type = props.content_type().as_ref().map(|c| c.to_string());
+        let event = BINARY
+            .decode_message(&headers, content_type.as_deref(), &delivery.data, (link, &self.address))
+            .unwrap_or_else(|e| {
+                tracing::warn!(link = %link, "malformed CloudEvent ({e}); delivering it as a plain message");
+                Event::wrap_plain(link, &self.address, None, delivery.data.clone())
+            });
+        let attempt = delivery_count.map_or(if delivery.redelivered { 2 } else { 1 }, |n| n + 1);
+        Delivery::new(event, attempt, Box::new(AmqpAck(delivery.acker)))
+    }
+}
+
 #[async_trait]
 impl Subscription for AmqpSubscription {
     async fn next(&mut self) -> Option<Delivery> {
         loop {
-            match self.consumer.next().await? {
-                Ok(delivery) => {
-                    let props = &delivery.properties;
-                    let mut headers = Vec::new();
-                    let mut delivery_count = None;
-                    if let Some(table) = props.headers() {
-                        for (k, v) in table.inner() {
-                            let value = match v {
-                                AMQPValue::LongString(s) => {
-                                    String::from_utf8_lossy(s.as_bytes()).into_owned()
-                                }
-                                AMQPValue::ShortString(s) => s.to_string(),
-                                AMQPValue::LongLongInt(n) if k.as_str() == "x-delivery-count" => {
-                                    delivery_count = Some(*n as u32);
-                                    continue;
-                                }
-                                other => format!("{other:?}"),
-                            };
-                            headers.push((k.to_string(), value));
-                        }
+            if let Some(consumer) = &mut self.consumer {
+                match consumer.next().await {
+                    Some(Ok(delivery)) => return Some(self.delivery(delivery)),
+                    Some(Err(e)) => {
+                        tracing::warn!(link = %self.inner.name, address = %self.address, "AMQP consumer: {e}; re-subscribing")
                     }
-                    let content_type = props.content_type().as_ref().map(|c| c.to_string());
-                    let event = BINARY
-                        .decode_message(&headers, content_type.as_deref(), &delivery.data, (&self.link, &self.address))
-                        .unwrap_or_else(|e| {
-                            tracing::warn!(link = %self.link, "malformed CloudEvent ({e}); delivering it as a plain message");
-                            Event::wrap_plain(&self.link, &self.address, None, delivery.data.clone())
-                        });
-                    let attempt =
-                        delivery_count.map_or(if delivery.redelivered { 2 } else { 1 }, |n| n + 1);
-                    return Some(Delivery::new(
-                        event,
-                        attempt,
-                        Box::new(AmqpAck(delivery.acker)),
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!(link = %self.link, address = %self.address, "AMQP consumer: {e}");
-                    if self.channel.wait_for_recovery(e).await.is_err() {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    None => {
+                        tracing::warn!(link = %self.inner.name, address = %self.address, "AMQP consumer ended; re-subscribing")
                     }
                 }
+                self.consumer = None;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Ok((channel, consumer)) = self
+                .inner
+                .consume(&self.address, self.group.as_deref())
+                .await
+            {
+                tracing::info!(link = %self.inner.name, address = %self.address, "AMQP consumer re-subscribed");
+                self.channel = channel;
+                self.consumer = Some(consumer);
             }
         }
     }
