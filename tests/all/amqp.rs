@@ -3,14 +3,10 @@
 
 use crate::links::{PrivateServer, app_on, reconnects, two_processes_share_a_queue};
 use crate::support::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn pika(args: &[&str]) -> Command {
-    let mut c = Command::new("python3");
-    c.arg(repo().join("tests/interop/amqp_client.py"))
-        .args(args);
-    c
+    interop("amqp_client.py", args)
 }
 
 #[tokio::test]
@@ -23,20 +19,7 @@ async fn a_foreign_client_publishes_plain_and_cloudevents_and_reads_ours() {
     let provider = start(&[&app.manifest], Some(rc.path())).await;
     let mut results = watch(&provider, "linkapp", "results").await;
 
-    let mut reader = pika(&["read", "messaging", &format!("{base}.out"), "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(reader.stderr.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert_eq!(
-        ready.trim(),
-        "ready",
-        "pika did not bind (is pika installed?)"
-    );
+    let reader = start_reader(pika(&["read", "messaging", &format!("{base}.out"), "1"]));
 
     assert!(
         pika(&["publish", "messaging", &format!("{base}.feed")])
@@ -67,11 +50,19 @@ async fn a_foreign_client_publishes_plain_and_cloudevents_and_reads_ours() {
         "JSON data keeps its bytes"
     );
 
-    let mut cmd = binary.clone();
-    cmd.ty = "probe.publish".into();
-    cmd.id = "fwd".into();
-    cmd.subject = Some("topic:out".into());
-    assert_eq!(ask(&provider, "linkapp", &mut results, cmd).await.0, "ok");
+    assert_eq!(
+        forward(
+            &provider,
+            "linkapp",
+            &mut results,
+            &binary,
+            "fwd",
+            "topic:out"
+        )
+        .await
+        .0,
+        "ok"
+    );
     let out = reader.wait_with_output().unwrap();
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).expect("pika read our event");
     assert_eq!(line["headers"]["cloudEvents_id"], "fwd");

@@ -191,11 +191,19 @@ async fn mosquitto_clients_publish_plain_and_cloudevents_and_read_ours() {
         ("cli-structured", Some(&b"[1]"[..]))
     );
 
-    let mut cmd = binary.clone();
-    cmd.ty = "probe.publish".into();
-    cmd.id = "fwd".into();
-    cmd.subject = Some("topic:out".into());
-    assert_eq!(ask(&provider, "linkapp", &mut results, cmd).await.0, "ok");
+    assert_eq!(
+        forward(
+            &provider,
+            "linkapp",
+            &mut results,
+            &binary,
+            "fwd",
+            "topic:out"
+        )
+        .await
+        .0,
+        "ok"
+    );
     let out = String::from_utf8(reader.wait_with_output().unwrap().stdout).unwrap();
     assert!(out.contains("binary data"), "{out}");
     assert!(

@@ -4,7 +4,7 @@
 
 use crate::links::{PrivateServer, app_on, reconnects, two_processes_share_a_queue};
 use crate::support::*;
-use std::io::{BufRead, BufReader};
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -25,10 +25,7 @@ async fn nats_reconnects(jetstream: bool) {
 }
 
 fn python(args: &[&str]) -> Command {
-    let mut c = Command::new("python3");
-    c.arg(repo().join("tests/interop/nats_client.py"))
-        .args(args);
-    c
+    interop("nats_client.py", args)
 }
 
 #[tokio::test]
@@ -41,20 +38,7 @@ async fn a_foreign_client_publishes_plain_and_cloudevents_and_reads_ours() {
     let provider = start(&[&app.manifest], Some(rc.path())).await;
 
     // nats-py reads what the guest publishes to `out`...
-    let mut reader = python(&["read", &format!("{base}.out"), "3"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(reader.stderr.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert_eq!(
-        ready.trim(),
-        "ready",
-        "nats-py did not subscribe (is nats-py installed?)"
-    );
+    let reader = start_reader(python(&["read", &format!("{base}.out"), "3"]));
 
     // ...while the guest copies to `out` what nats-py publishes to `feed`.
     let mut results = watch(&provider, "linkapp", "results").await;
@@ -68,11 +52,9 @@ async fn a_foreign_client_publishes_plain_and_cloudevents_and_reads_ours() {
         got.push(results.next("an event from nats-py").await);
     }
     for event in &got {
-        let mut cmd = event.clone();
-        cmd.ty = "probe.publish".into();
-        cmd.subject = Some("topic:out".into());
-        cmd.id = format!("fwd-{}", event.id);
-        let (case, message) = ask(&provider, "linkapp", &mut results, cmd).await;
+        let id = format!("fwd-{}", event.id);
+        let (case, message) =
+            forward(&provider, "linkapp", &mut results, event, &id, "topic:out").await;
         assert_eq!(case, "ok", "{message}");
     }
 

@@ -135,11 +135,12 @@ source = "{{probe}}"
     assert_eq!(b.datacontenttype.as_deref(), Some("text/plain"));
 
     // What the guest publishes to a queue channel is a stream entry redis-cli can read.
-    let mut cmd = b.clone();
-    cmd.ty = "probe.publish".into();
-    cmd.id = "fwd".into();
-    cmd.subject = Some("queue:out".into());
-    assert_eq!(ask(&provider, "redisapp", &mut results, cmd).await.0, "ok");
+    assert_eq!(
+        forward(&provider, "redisapp", &mut results, b, "fwd", "queue:out")
+            .await
+            .0,
+        "ok"
+    );
     let entry = redis_cli(&["XRANGE", &format!("{base}.out"), "-", "+"]);
     for expected in [
         "ce-id\nfwd",

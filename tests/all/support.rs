@@ -310,3 +310,49 @@ pub fn up(manifests: &[&Path], extra: &[&str]) -> (Running, String) {
     running.wait_for("stdout", "Ready");
     (running, url)
 }
+
+// Clients that are not ours, and what the interop tests ask of them.
+
+/// One of the foreign clients in `tests/interop/`, run with python3.
+pub fn interop(script: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("python3");
+    c.arg(repo().join("tests/interop").join(script)).args(args);
+    c
+}
+
+/// Starts a foreign reader and waits until it says on stderr that it is
+/// subscribed.
+pub fn start_reader(mut command: Command) -> Child {
+    let mut reader = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(reader.stderr.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(
+        ready.trim(),
+        "ready",
+        "the foreign client did not subscribe (is it installed?)"
+    );
+    reader
+}
+
+/// Has the probe publish a copy of `event` (type `probe.item`, id `id`) to
+/// `channel` (`topic:name` / `queue:name`); returns the probe's report.
+pub async fn forward(
+    provider: &Provider,
+    app: &str,
+    results: &mut Watch,
+    event: &Event,
+    id: &str,
+    channel: &str,
+) -> (String, String) {
+    let mut cmd = event.clone();
+    cmd.ty = "probe.publish".into();
+    cmd.id = id.into();
+    cmd.subject = Some(channel.into());
+    ask(provider, app, results, cmd).await
+}
