@@ -15,7 +15,8 @@ use messaging_provider::broker::{Broker, SubscribeMode};
 use messaging_provider::cloudevents::Event;
 use messaging_provider::host::bindings::Channel;
 use messaging_provider::host::{
-    CacheSetting, Host, HostOptions, InstanceIdentity, MessagingCtx, MessagingError,
+    CacheSetting, ComponentOutput, Host, HostOptions, InstanceIdentity, MessagingCtx,
+    MessagingError,
 };
 use messaging_provider::{Provider, ProviderOptions};
 use std::path::{Path, PathBuf};
@@ -69,6 +70,7 @@ async fn per_message(pooling: bool, wasm: &Path, n: usize) -> Duration {
         component: "relay".into(),
         environment: vec![],
         messaging: Arc::new(Sink),
+        output: ComponentOutput::console("bench", "relay"),
     };
     for i in 0..50 {
         host.handle(&component, &who, order(i))

@@ -1,5 +1,5 @@
 //! The app model: what an app declares, validated and resolved, independent
-//! of where it was read from (a spin.toml, or later a Spin locked app).
+//! of where it was read from (a spin.toml, or a Spin locked app).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -12,6 +12,9 @@ pub struct App {
     pub name: String,
     /// The file the app was read from, for messages.
     pub origin: PathBuf,
+    /// The directory of a local app's spin.toml: its `.spin/` state (and
+    /// log) directory lives there, as with Spin. `None` for remote apps.
+    pub dir: Option<PathBuf>,
     /// Channels by the name the app's components use.
     pub channels: BTreeMap<String, Channel>,
     /// The components that have a `[[trigger.messaging]]` entry.

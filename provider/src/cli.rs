@@ -1,11 +1,14 @@
 //! The `trigger-messaging` command line: `up` runs apps; `publish` and
-//! `tail` are clients of a running provider's `--listen` endpoint.
+//! `tail` are clients of a running provider's `--listen` endpoint. With no
+//! subcommand it is Spin's trigger plugin, launched by `spin up`.
 
+use crate::broker::LinkRegistry;
 use crate::cloudevents::{self, Event};
 use crate::host::{CacheSetting, HostOptions};
-use crate::provider::{Provider, ProviderOptions};
+use crate::manifest::{LockedAppLocation, RuntimeConfig, load_locked_app};
+use crate::provider::{Follow, OutputOptions, Provider, ProviderOptions, UserPath};
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use futures::StreamExt as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +25,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run as Spin's trigger (no subcommand on the command line).
+    #[command(skip)]
+    SpinLaunch(SpinLaunchArgs),
     /// Load apps from Spin manifests and run them until Ctrl+C or SIGTERM.
     Up(UpArgs),
     /// Publish one event into an app's channel through a running provider.
@@ -36,6 +42,32 @@ pub struct UpArgs {
     /// An app manifest (spin.toml) or a directory holding one; repeat for several apps.
     #[arg(short = 'f', long = "from", value_name = "MANIFEST")]
     manifests: Vec<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// How `spin up` runs this plugin: no subcommand, the app in the locked app
+/// file named by `SPIN_LOCKED_URL`, and Spin's common trigger flags.
+#[derive(Parser, Debug)]
+#[command(name = "trigger-messaging", override_usage = "spin up [OPTIONS]")]
+pub struct SpinLaunchArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Print the options' help and exit (`spin up --help`).
+    #[arg(long, hide = true)]
+    help_args_only: bool,
+    /// Print the flags this trigger takes, as JSON on stderr, and exit.
+    #[arg(long, hide = true)]
+    launch_metadata_only: bool,
+    /// Check the locked app and exit: components are never composed here.
+    #[arg(long, hide = true)]
+    precompose_only: bool,
+}
+
+/// How apps run: the options `up` and `spin up` share, named as Spin's own
+/// triggers name them.
+#[derive(Args, Debug)]
+pub struct RunArgs {
     /// The runtime config that binds link names to brokers.
     #[arg(long, env = "RUNTIME_CONFIG_FILE", value_name = "FILE")]
     runtime_config_file: Option<PathBuf>,
@@ -49,11 +81,39 @@ pub struct UpArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     handler_timeout: Duration,
     /// Compile components every time instead of using the compiled-code cache.
-    #[arg(long)]
+    #[arg(long, env = "DISABLE_WASMTIME_CACHE")]
     disable_cache: bool,
     /// A wasmtime cache config file.
-    #[arg(long, value_name = "FILE", conflicts_with = "disable_cache")]
+    #[arg(
+        long,
+        env = "WASMTIME_CACHE_FILE",
+        value_name = "FILE",
+        conflicts_with = "disable_cache"
+    )]
     cache: Option<PathBuf>,
+    /// Map each instance's memory anew instead of using the pooling allocator.
+    #[arg(long)]
+    disable_pooling: bool,
+    /// Where components' stdout and stderr files go (default `<state dir>/logs`; "" for none).
+    #[arg(short = 'L', long, env = "SPIN_LOG_DIR", value_name = "DIR", value_parser = path_or_empty())]
+    log_dir: Option<PathBuf>,
+    /// Empty the component log files at start instead of appending.
+    #[arg(long)]
+    truncate_logs: bool,
+    /// The app's state directory (default `.spin/` beside spin.toml; "" for none).
+    #[arg(long, value_name = "DIR", value_parser = path_or_empty())]
+    state_dir: Option<PathBuf>,
+    /// Print only this component's output; repeatable.
+    #[arg(long = "follow", value_name = "COMPONENT")]
+    follow: Vec<String>,
+    /// Print no component output.
+    #[arg(short = 'q', long, conflicts_with = "follow")]
+    quiet: bool,
+}
+
+/// A path where `""` is allowed: Spin's way of saying "none".
+fn path_or_empty() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    clap::builder::OsStringValueParser::new().map(PathBuf::from)
 }
 
 #[derive(Args, Debug)]
@@ -132,12 +192,17 @@ struct TailArgs {
 
 /// Parses arguments, runs the command, and turns errors into exit code 1.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command = if is_spin_launch(std::env::args_os().skip(1)) {
+        Command::SpinLaunch(SpinLaunchArgs::parse())
+    } else {
+        Cli::parse().command
+    };
     init_logging();
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Up(args) => up(args).await,
+            Command::SpinLaunch(args) => spin_launch(args).await,
             Command::Publish(args) => publish(args).await,
             Command::Tail(args) => tail(args).await,
         }
@@ -151,6 +216,27 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Spin runs trigger plugins with no subcommand: with `SPIN_LOCKED_URL` set
+/// (`spin up`), or with one of its hidden query flags.
+fn is_spin_launch(mut args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    const QUERIES: [&str; 3] = [
+        "--help-args-only",
+        "--launch-metadata-only",
+        "--precompose-only",
+    ];
+    let first = args.next();
+    let subcommand = first.as_ref().and_then(|a| a.to_str()).is_some_and(|a| {
+        Cli::command().get_subcommands().any(|c| c.get_name() == a)
+            || ["help", "-h", "--help", "-V", "--version"].contains(&a)
+    });
+    !subcommand
+        && (std::env::var_os("SPIN_LOCKED_URL").is_some()
+            || first
+                .into_iter()
+                .chain(args)
+                .any(|a| QUERIES.iter().any(|q| a == *q)))
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -161,27 +247,105 @@ fn init_logging() {
         .init();
 }
 
-impl UpArgs {
-    fn host_options(&self) -> HostOptions {
-        HostOptions {
+impl RunArgs {
+    fn options(&self) -> ProviderOptions {
+        let host = HostOptions {
             cache: match (&self.cache, self.disable_cache) {
                 (_, true) => CacheSetting::Disabled,
                 (Some(file), _) => CacheSetting::File(file.clone()),
                 (None, false) => CacheSetting::Default,
             },
+            pooling: !self.disable_pooling,
             handler_timeout: self.handler_timeout,
             ..HostOptions::default()
+        };
+        let output = OutputOptions {
+            follow: match (self.quiet, self.follow.is_empty()) {
+                (true, _) => Follow::None,
+                (false, true) => Follow::All,
+                (false, false) => Follow::Only(self.follow.iter().cloned().collect()),
+            },
+            log_dir: UserPath::from_arg(self.log_dir.as_deref()),
+            state_dir: UserPath::from_arg(self.state_dir.as_deref()),
+            truncate: self.truncate_logs,
+        };
+        ProviderOptions {
+            runtime_config: self.runtime_config_file.clone(),
+            host,
+            output,
+            ..ProviderOptions::default()
         }
     }
 }
 
-/// `up`: load, print what was loaded, run until a stop signal, drain, exit.
+/// `up`: run the apps of the given manifests.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let options = ProviderOptions {
         manifests: args.manifests.clone(),
-        runtime_config: args.runtime_config_file.clone(),
-        host: args.host_options(),
+        ..args.run.options()
     };
+    run(options, &args.run).await
+}
+
+/// Launched by `spin up`: answer Spin's queries, or run the locked app.
+pub async fn spin_launch(args: SpinLaunchArgs) -> anyhow::Result<()> {
+    if args.help_args_only {
+        SpinLaunchArgs::command()
+            .disable_help_flag(true)
+            .help_template("{all-args}")
+            .print_long_help()?;
+        return Ok(());
+    }
+    if args.launch_metadata_only {
+        let all_flags: Vec<serde_json::Value> = SpinLaunchArgs::command()
+            .get_arguments()
+            .filter(|a| !a.is_positional())
+            .map(|a| {
+                let mut flag = serde_json::Map::new();
+                if let Some(long) = a.get_long() {
+                    flag.insert("long".into(), format!("--{long}").into());
+                }
+                if let Some(short) = a.get_short() {
+                    flag.insert("short".into(), format!("-{short}").into());
+                }
+                flag.into()
+            })
+            .collect();
+        eprintln!("{}", serde_json::json!({ "all_flags": all_flags }));
+        return Ok(());
+    }
+    let env = |name: &str| {
+        std::env::var_os(name).with_context(|| {
+            format!("{name} is not set: without a subcommand, trigger-messaging is launched by `spin up`; run `trigger-messaging up` yourself")
+        })
+    };
+    let url = env("SPIN_LOCKED_URL")?;
+    let url = url.to_string_lossy();
+    let lock = url::Url::parse(&url)
+        .ok()
+        .filter(|u| u.scheme() == "file")
+        .and_then(|u| u.to_file_path().ok())
+        .with_context(|| format!("SPIN_LOCKED_URL `{url}` is not a file:// URL"))?;
+    let locked = LockedAppLocation {
+        lock,
+        working_dir: PathBuf::from(env("SPIN_WORKING_DIR")?),
+        local_app_dir: std::env::var_os("SPIN_LOCAL_APP_DIR").map(PathBuf::from),
+    };
+    let options = ProviderOptions {
+        locked: Some(locked.clone()),
+        ..args.run.options()
+    };
+    if args.precompose_only {
+        let registry = LinkRegistry::default();
+        let config = RuntimeConfig::load(options.runtime_config.as_deref(), &registry)?;
+        load_locked_app(&locked, &|link| config.has_link(link))?;
+        return Ok(());
+    }
+    run(options, &args.run).await
+}
+
+/// Loads, prints what was loaded, runs until a stop signal, drains, exits.
+async fn run(options: ProviderOptions, args: &RunArgs) -> anyhow::Result<()> {
     let provider = Provider::load(options).await?;
     print!("{}", provider.summary());
     provider.start().await?;

@@ -7,7 +7,9 @@ use crate::app::{App, Channel, ChannelKind, ComponentSpec};
 use crate::broker::{Broker, Delivery, SubscribeMode, Subscription};
 use crate::cloudevents::{Event, json};
 use crate::host::bindings::Channel as WitChannel;
-use crate::host::{Host, InstanceIdentity, MessagingCtx, MessagingError, PreparedComponent};
+use crate::host::{
+    ComponentOutput, Host, InstanceIdentity, MessagingCtx, MessagingError, PreparedComponent,
+};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
@@ -183,11 +185,12 @@ struct ComponentRuntime {
 
 impl AppRuntime {
     /// Binds an app to its links and prepared components. `links` must hold
-    /// every link the app's channels use.
+    /// every link the app's channels use; `components` every component, with
+    /// where its output goes.
     pub fn new(
         app: App,
         links: BTreeMap<String, Arc<dyn Broker>>,
-        prepared: HashMap<String, PreparedComponent>,
+        components: HashMap<String, (PreparedComponent, Arc<ComponentOutput>)>,
         dispatcher: Arc<Dispatcher>,
     ) -> Arc<AppRuntime> {
         Arc::new_cyclic(|weak: &Weak<AppRuntime>| {
@@ -199,7 +202,7 @@ impl AppRuntime {
                         app_name: app.name.clone(),
                         app: weak.clone(),
                         spec: spec.clone(),
-                        prepared: prepared[&spec.id].clone(),
+                        prepared: components[&spec.id].0.clone(),
                         identity: InstanceIdentity {
                             app: app.name.clone(),
                             component: spec.id.clone(),
@@ -208,6 +211,7 @@ impl AppRuntime {
                                 app: weak.clone(),
                                 component: spec.id.clone(),
                             }),
+                            output: components[&spec.id].1.clone(),
                         },
                         in_flight: Arc::new(Semaphore::new(spec.max_in_flight)),
                     })

@@ -3,12 +3,12 @@
 use crate::app::App;
 use crate::broker::{Broker, LinkRegistry};
 use crate::dispatch::{AppRuntime, Dispatcher, DrainReport};
-use crate::host::{Host, HostOptions};
-use crate::manifest::{self, ConfigError, ConfigErrors, RuntimeConfig};
+use crate::host::{ComponentOutput, Host, HostOptions};
+use crate::manifest::{self, ConfigError, ConfigErrors, LockedAppLocation, RuntimeConfig};
 use anyhow::Context as _;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Where apps and links come from, and how to run them.
@@ -16,10 +16,98 @@ use std::sync::Arc;
 pub struct ProviderOptions {
     /// App manifests (`spin.toml` files, or directories holding one).
     pub manifests: Vec<PathBuf>,
+    /// A Spin locked app (how `spin up` launches the plugin); loaded in
+    /// place of `manifests`.
+    pub locked: Option<LockedAppLocation>,
     /// The runtime config binding link names to brokers.
     pub runtime_config: Option<PathBuf>,
     /// How components run.
     pub host: HostOptions,
+    /// Where components' stdout and stderr go.
+    pub output: OutputOptions,
+}
+
+/// Where components' stdout and stderr go: Spin's `--follow`, `-q`,
+/// `--log-dir`, `--state-dir` and `--truncate-logs`, with Spin's defaults.
+#[derive(Clone, Debug, Default)]
+pub struct OutputOptions {
+    /// Whose output reaches the console.
+    pub follow: Follow,
+    /// Where log files go; by default `<state dir>/logs`.
+    pub log_dir: UserPath,
+    /// The app's state directory; by default `.spin/` beside a local app's spin.toml.
+    pub state_dir: UserPath,
+    /// Empty the log files at start instead of appending.
+    pub truncate: bool,
+}
+
+/// Whose output reaches the console.
+#[derive(Clone, Debug, Default)]
+pub enum Follow {
+    /// Every component's (the default).
+    #[default]
+    All,
+    /// Nobody's (`-q`).
+    None,
+    /// Only these components' (`--follow <id>`, repeatable).
+    Only(BTreeSet<String>),
+}
+
+/// A directory the user may give, leave to the default, or unset with `""`.
+#[derive(Clone, Debug, Default)]
+pub enum UserPath {
+    /// Not given: the default applies.
+    #[default]
+    Default,
+    /// Given as the empty string: none.
+    Unset,
+    /// Given.
+    Given(PathBuf),
+}
+
+impl UserPath {
+    /// Reads a command-line value, where `""` means "none".
+    pub fn from_arg(arg: Option<&Path>) -> UserPath {
+        match arg {
+            None => UserPath::Default,
+            Some(p) if p.as_os_str().is_empty() => UserPath::Unset,
+            Some(p) => UserPath::Given(p.to_path_buf()),
+        }
+    }
+}
+
+impl OutputOptions {
+    /// The log directory of `app`, if its output is written to files.
+    fn log_dir(&self, app: &App, apps: usize) -> Option<PathBuf> {
+        match &self.log_dir {
+            // One directory for several apps: a subdirectory each.
+            UserPath::Given(dir) if apps > 1 => Some(dir.join(&app.name)),
+            UserPath::Given(dir) => Some(dir.clone()),
+            UserPath::Unset => None,
+            UserPath::Default => match &self.state_dir {
+                UserPath::Given(dir) if apps > 1 => Some(dir.join(&app.name).join("logs")),
+                UserPath::Given(dir) => Some(dir.join("logs")),
+                UserPath::Unset => None,
+                UserPath::Default => app.dir.as_ref().map(|d| d.join(".spin").join("logs")),
+            },
+        }
+    }
+
+    fn output(
+        &self,
+        app: &App,
+        component: &str,
+        apps: usize,
+    ) -> anyhow::Result<Arc<ComponentOutput>> {
+        let console = match &self.follow {
+            Follow::All => true,
+            Follow::None => false,
+            Follow::Only(ids) => ids.contains(component),
+        };
+        let dir = self.log_dir(app, apps);
+        ComponentOutput::new(&app.name, component, console, dir.as_deref(), self.truncate)
+            .context("cannot open the component log files (--log-dir, --state-dir)")
+    }
 }
 
 /// Apps loaded, links connected, ready to start.
@@ -36,7 +124,12 @@ impl Provider {
     pub async fn load(options: ProviderOptions) -> anyhow::Result<Provider> {
         let registry = LinkRegistry::default();
         let config = RuntimeConfig::load(options.runtime_config.as_deref(), &registry)?;
-        let apps = load_apps(&options.manifests, &config)?;
+        let apps = match &options.locked {
+            Some(locked) => vec![manifest::load_locked_app(locked, &|link| {
+                config.has_link(link)
+            })?],
+            None => load_apps(&options.manifests, &config)?,
+        };
 
         let host = Arc::new(Host::new(options.host.clone())?);
         let dispatcher = Dispatcher::new(host.clone());
@@ -59,6 +152,7 @@ impl Provider {
         }
 
         let mut runtimes = BTreeMap::new();
+        let app_count = apps.len();
         for app in apps {
             let mut prepared = HashMap::new();
             for c in &app.components {
@@ -66,7 +160,8 @@ impl Provider {
                 let component = tokio::task::spawn_blocking(move || host.prepare(&source))
                     .await?
                     .with_context(|| format!("app `{}`, component `{}`", app.name, c.id))?;
-                prepared.insert(c.id.clone(), component);
+                let output = options.output.output(&app, &c.id, app_count)?;
+                prepared.insert(c.id.clone(), (component, output));
             }
             let app_links = app
                 .channels

@@ -16,3 +16,4 @@ mod mqtt;
 mod nats;
 mod redis;
 mod samples;
+mod spin;

@@ -99,6 +99,7 @@ pub async fn start(manifests: &[&Path], runtime_config: Option<&Path>) -> Provid
         manifests: manifests.iter().map(|p| p.to_path_buf()).collect(),
         runtime_config: runtime_config.map(Path::to_path_buf),
         host: test_host(),
+        ..ProviderOptions::default()
     })
     .await
     .unwrap_or_else(|e| panic!("the provider did not load: {e:#}"));

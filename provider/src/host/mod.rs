@@ -10,6 +10,7 @@ mod messaging;
 mod stdio;
 
 pub use messaging::{MessagingCtx, MessagingError};
+pub use stdio::ComponentOutput;
 
 use crate::cloudevents::Event;
 use std::path::{Path, PathBuf};
@@ -92,6 +93,8 @@ pub struct InstanceIdentity {
     pub environment: Vec<(String, String)>,
     /// Answers the guest's `pub` and `sub` calls.
     pub messaging: Arc<dyn MessagingCtx>,
+    /// Where its stdout and stderr go.
+    pub output: Arc<ComponentOutput>,
 }
 
 /// A component compiled and linked, ready to instantiate per message.
@@ -205,8 +208,8 @@ impl Host {
             .await
             .expect("the semaphore is never closed");
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(stdio::LogStream::new(&who.app, &who.component, "stdout"))
-            .stderr(stdio::LogStream::new(&who.app, &who.component, "stderr"))
+        wasi.stdout(stdio::LogStream::new(&who.output, "stdout"))
+            .stderr(stdio::LogStream::new(&who.output, "stderr"))
             .envs(&who.environment);
         let state = State {
             wasi: wasi.build(),

@@ -1,23 +1,79 @@
-//! Guest stdout and stderr, sent to the provider's log one line at a time and
-//! prefixed with the app and component they came from.
+//! Guest stdout and stderr, one line at a time: to the provider's log,
+//! prefixed with the app and component they came from (unless silenced, as
+//! Spin's `--follow` / `-q` do), and to per-component files in the log
+//! directory (`<component>_stdout.txt`, `<component>_stderr.txt`, as Spin
+//! names them).
 
 use bytes::Bytes;
-use std::sync::Arc;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-/// A guest output stream that writes to the log.
+/// Where one component's output goes; shared by all its instances.
+pub struct ComponentOutput {
+    prefix: String,
+    console: bool,
+    stdout: Option<Mutex<File>>,
+    stderr: Option<Mutex<File>>,
+}
+
+impl ComponentOutput {
+    /// Output to the log only.
+    pub fn console(app: &str, component: &str) -> Arc<ComponentOutput> {
+        Arc::new(ComponentOutput {
+            prefix: format!("{app}/{component}"),
+            console: true,
+            stdout: None,
+            stderr: None,
+        })
+    }
+
+    /// Output to the log when `console`, and appended to files in `log_dir`
+    /// when there is one (emptied first when `truncate`).
+    pub fn new(
+        app: &str,
+        component: &str,
+        console: bool,
+        log_dir: Option<&Path>,
+        truncate: bool,
+    ) -> std::io::Result<Arc<ComponentOutput>> {
+        let open = |stream: &str| -> std::io::Result<Option<Mutex<File>>> {
+            let Some(dir) = log_dir else { return Ok(None) };
+            std::fs::create_dir_all(dir)?;
+            let path = dir.join(format!("{component}_{stream}.txt"));
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(!truncate)
+                .write(true)
+                .truncate(truncate)
+                .open(&path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            Ok(Some(Mutex::new(file)))
+        };
+        Ok(Arc::new(ComponentOutput {
+            prefix: format!("{app}/{component}"),
+            console,
+            stdout: open("stdout")?,
+            stderr: open("stderr")?,
+        }))
+    }
+}
+
+/// A guest output stream (stdout or stderr) of one instance.
 #[derive(Clone)]
 pub struct LogStream {
-    prefix: Arc<str>,
+    output: Arc<ComponentOutput>,
     stream: &'static str,
 }
 
 impl LogStream {
-    /// A stream whose lines are logged as `[app/component] line`.
-    pub fn new(app: &str, component: &str, stream: &'static str) -> Self {
+    /// The instance's `stream` ("stdout" or "stderr").
+    pub fn new(output: &Arc<ComponentOutput>, stream: &'static str) -> Self {
         LogStream {
-            prefix: format!("{app}/{component}").into(),
+            output: output.clone(),
             stream,
         }
     }
@@ -66,9 +122,28 @@ impl LineWriter {
     }
 
     fn emit(&self, line: &[u8]) {
-        let line = String::from_utf8_lossy(line);
-        let line = line.strip_suffix('\r').unwrap_or(&line);
-        tracing::info!(target: "guest", "[{}] {}{}", self.target.prefix, if self.target.stream == "stderr" { "stderr: " } else { "" }, line);
+        let out = &self.target.output;
+        let file = if self.target.stream == "stderr" {
+            &out.stderr
+        } else {
+            &out.stdout
+        };
+        if let Some(file) = file {
+            let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = file.write_all(line).and_then(|()| file.write_all(b"\n")) {
+                tracing::warn!("[{}] cannot write to the log file: {e}", out.prefix);
+            }
+        }
+        if out.console {
+            let line = String::from_utf8_lossy(line);
+            let line = line.strip_suffix('\r').unwrap_or(&line);
+            let stream = if self.target.stream == "stderr" {
+                "stderr: "
+            } else {
+                ""
+            };
+            tracing::info!(target: "guest", "[{}] {stream}{line}", out.prefix);
+        }
     }
 }
 

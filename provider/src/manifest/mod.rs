@@ -1,13 +1,16 @@
-//! Reading what users write: the app manifest (`spin.toml`) and the runtime
-//! config that binds channel links to brokers. Every mistake is reported
+//! Reading what users write: the app manifest (`spin.toml`, or the locked
+//! app `spin up` makes of it) and the runtime config that binds channel links
+//! to brokers. Every mistake is reported
 //! before anything starts, naming the file, the key path and the line.
 
 mod locate;
+mod locked;
 pub mod runtime_config;
 mod spin;
 mod variables;
 
 pub use locate::{KeyPath, TomlSource};
+pub use locked::{LockedAppLocation, load_locked_app};
 pub use runtime_config::RuntimeConfig;
 pub use spin::load_app;
 pub use variables::Variables;

@@ -53,38 +53,38 @@ struct RawComponent {
 /// `[application.trigger.messaging]`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawAppMessaging {
+struct RawAppMessaging {
     #[serde(default)]
-    pub channels: BTreeMap<String, RawChannel>,
+    channels: BTreeMap<String, RawChannel>,
 }
 
 /// `[application.trigger.messaging.channels.<name>]`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawChannel {
-    pub kind: ChannelKind,
-    pub link: Option<String>,
-    pub address: Option<String>,
-    pub group: Option<String>,
-    pub max_payload: Option<u64>,
-    pub max_attempts: Option<u32>,
-    pub dead_letter: Option<String>,
+struct RawChannel {
+    kind: ChannelKind,
+    link: Option<String>,
+    address: Option<String>,
+    group: Option<String>,
+    max_payload: Option<u64>,
+    max_attempts: Option<u32>,
+    dead_letter: Option<String>,
 }
 
 /// One `[[trigger.messaging]]` entry.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawTrigger {
+struct RawTrigger {
     #[allow(dead_code)] // Spin's trigger id; accepted, not needed here.
-    pub id: Option<String>,
-    pub component: toml::Value,
+    id: Option<String>,
+    component: toml::Value,
     #[serde(default)]
-    pub subscriptions: Vec<String>,
+    subscriptions: Vec<String>,
     #[serde(default)]
-    pub publish: Vec<String>,
+    publish: Vec<String>,
     #[serde(default)]
-    pub subscribe: Vec<String>,
-    pub max_in_flight: Option<usize>,
+    subscribe: Vec<String>,
+    max_in_flight: Option<usize>,
 }
 
 /// Loads one app from a spin.toml. `known_link` says which link names the
@@ -103,21 +103,69 @@ pub fn load_app(path: &Path, known_link: &dyn Fn(&str) -> bool) -> Result<App, C
     }
     let variables = Variables::new(raw.variables)
         .map_err(|(name, msg)| src.error(&KeyPath::dotted("variables").key(name), msg))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let parts = AppParts {
+        src: &src,
+        name: raw.application.name,
+        origin: path.to_path_buf(),
+        dir: Some(base.to_path_buf()),
+        variables,
+        app_messaging: raw.application.trigger.get(TRIGGER_TYPE).cloned(),
+        triggers: raw.trigger.get(TRIGGER_TYPE).cloned(),
+    };
+    let mut component = |id: &str, at: &KeyPath, errors: &mut Vec<ConfigError>| {
+        let Some(c) = raw.component.get(id) else {
+            errors.push(src.error(at, format!("no component `{id}`: define [component.{id}]")));
+            return None;
+        };
+        let source = component_source(&src, base, id, c, errors)?;
+        Some((source, c.environment.clone().into_iter().collect()))
+    };
+    build_app(parts, known_link, &mut component, errors)
+}
 
+/// What a spin.toml and a Spin locked app both hold, in spin.toml's terms:
+/// errors point at spin.toml keys either way.
+pub(crate) struct AppParts<'a> {
+    /// Where errors point.
+    pub src: &'a TomlSource,
+    pub name: String,
+    pub origin: PathBuf,
+    pub dir: Option<PathBuf>,
+    pub variables: Variables,
+    /// `[application.trigger.messaging]`, templates unresolved.
+    pub app_messaging: Option<toml::Value>,
+    /// The `[[trigger.messaging]]` array, templates unresolved.
+    pub triggers: Option<toml::Value>,
+}
+
+/// Finds a component's Wasm file and environment, or reports why it cannot
+/// (given the key path of the trigger's `component`).
+pub(crate) type ComponentLookup<'a> = dyn FnMut(&str, &KeyPath, &mut Vec<ConfigError>) -> Option<(PathBuf, Vec<(String, String)>)>
+    + 'a;
+
+/// Validates the messaging parts of an app and builds the app model,
+/// reporting every mistake at once (after those already in `errors`).
+pub(crate) fn build_app(
+    parts: AppParts,
+    known_link: &dyn Fn(&str) -> bool,
+    component: &mut ComponentLookup,
+    mut errors: Vec<ConfigError>,
+) -> Result<App, ConfigErrors> {
+    let src = parts.src;
     let app_at = KeyPath::dotted("application.trigger").key(TRIGGER_TYPE);
-    let app_messaging: RawAppMessaging = match raw.application.trigger.get(TRIGGER_TYPE) {
-        Some(v) => src.deserialize(&app_at, templated(&src, &variables, &app_at, v.clone())?)?,
+    let app_messaging: RawAppMessaging = match parts.app_messaging {
+        Some(v) => src.deserialize(&app_at, templated(src, &parts.variables, &app_at, v)?)?,
         None => RawAppMessaging::default(),
     };
     let trig_at = KeyPath::dotted("trigger").key(TRIGGER_TYPE);
-    let triggers: Vec<RawTrigger> = match raw.trigger.get(TRIGGER_TYPE) {
-        Some(v) => src.deserialize(&trig_at, templated(&src, &variables, &trig_at, v.clone())?)?,
+    let triggers: Vec<RawTrigger> = match parts.triggers {
+        Some(v) => src.deserialize(&trig_at, templated(src, &parts.variables, &trig_at, v)?)?,
         None => Vec::new(),
     };
 
-    let base = path.parent().unwrap_or(Path::new("."));
     let channels = channels(
-        &src,
+        src,
         &app_at,
         app_messaging.channels,
         known_link,
@@ -144,14 +192,9 @@ pub fn load_app(path: &Path, known_link: &dyn Fn(&str) -> bool) -> Result<App, C
             ));
             continue;
         }
-        let Some(raw_component) = raw.component.get(&id) else {
-            errors.push(src.error(
-                &at.key("component"),
-                format!("no component `{id}`: define [component.{id}]"),
-            ));
+        let Some((source, environment)) = component(&id, &at.key("component"), &mut errors) else {
             continue;
         };
-        let source = component_source(&src, base, &id, raw_component, &mut errors);
         let mut check = |key: &str, names: &[String]| {
             for (j, name) in names.iter().enumerate() {
                 if !channels.contains_key(name) {
@@ -170,23 +213,24 @@ pub fn load_app(path: &Path, known_link: &dyn Fn(&str) -> bool) -> Result<App, C
         }
         components.push(ComponentSpec {
             id,
-            source: source.unwrap_or_default(),
+            source,
             subscriptions: t.subscriptions,
             publish: t.publish.into_iter().collect(),
             subscribe: t.subscribe.into_iter().collect(),
             max_in_flight: t.max_in_flight.unwrap_or(defaults::MAX_IN_FLIGHT),
-            environment: raw_component.environment.clone().into_iter().collect(),
+            environment,
         });
     }
-    if raw.application.name.trim().is_empty() {
+    if parts.name.trim().is_empty() {
         errors.push(src.error(&KeyPath::dotted("application.name"), "must not be empty"));
     }
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
     Ok(App {
-        name: raw.application.name,
-        origin: path.to_path_buf(),
+        name: parts.name,
+        origin: parts.origin,
+        dir: parts.dir,
         channels,
         components,
     })
@@ -203,8 +247,7 @@ fn templated(
     Ok(v)
 }
 
-/// Validates the declared channels; also used for Spin locked apps.
-pub(crate) fn channels(
+fn channels(
     src: &TomlSource,
     at: &KeyPath,
     raw: BTreeMap<String, RawChannel>,
