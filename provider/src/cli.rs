@@ -113,6 +113,7 @@ pub struct RunArgs {
 
 /// A path where `""` is allowed: Spin's way of saying "none".
 fn path_or_empty() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser as _;
     clap::builder::OsStringValueParser::new().map(PathBuf::from)
 }
 
