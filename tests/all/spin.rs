@@ -766,3 +766,54 @@ fn the_plugin_package_installs_and_runs_as_spin_runs_it() {
         launched.all()
     );
 }
+
+#[test]
+fn a_mixed_app_lock_runs_only_its_messaging_components() {
+    // Written by hand from Spin's locked-app format: an HTTP trigger whose
+    // component needs service chaining and has a secret with no value, and a
+    // messaging worker with metadata, `files` and `config` Spin's own
+    // triggers would use. The messaging trigger takes only its own part.
+    guests();
+    let text = std::fs::read_to_string(repo().join("tests/fixtures/spin/mixed.lock.json"))
+        .unwrap()
+        .replace(
+            "{probe}",
+            url::Url::from_file_path(&guests().probe).unwrap().as_str(),
+        );
+    let spin = SpinUp::new(&serde_json::from_str(&text).unwrap(), None);
+    let app = load_locked_app(&spin.location(), &|link| link == "default").unwrap();
+    assert_eq!(app.name, "mixed");
+    assert_eq!(app.channels["jobs"].address, "mixed.jobs");
+    assert_eq!(app.components.len(), 1);
+    let worker = &app.components[0];
+    assert_eq!((worker.id.as_str(), worker.max_in_flight), ("worker", 4));
+    assert_eq!(worker.subscriptions, ["jobs"]);
+    assert!(
+        worker
+            .environment
+            .contains(&("FROM_SPIN_UP_E".into(), "yes".into()))
+    );
+
+    // And it runs: a job in, the worker's copy out.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut launched = spin.launch(BIN, &["--listen", &listen]);
+    launched.wait_for("stderr", "`files` are not mounted");
+    launched.wait_for("stdout", "Ready");
+    let url = format!("http://{listen}");
+    let tail = run(&["tail", "--url", &url, "mixed", "results", "-n", "1"]);
+    tail.wait_for("stderr", "watching `results`");
+    let mut publish = run(&[
+        "publish", "--url", &url, "mixed", "jobs", "--type", "job", "--id", "j-1",
+    ]);
+    assert_eq!(
+        publish.wait_exit(Duration::from_secs(30)),
+        0,
+        "{}",
+        publish.all()
+    );
+    let line = tail.wait_for("stdout", "\"j-1\"");
+    assert!(line.contains(r#""handledby":"worker""#), "{line}");
+    launched.terminate();
+    assert_eq!(launched.wait_exit(Duration::from_secs(20)), 0);
+}
