@@ -207,7 +207,7 @@ fn spin_up_launch_runs_the_relay_sample_exactly_like_up() {
     let state_dir = state.path().to_str().unwrap();
     let mut launched = spin.launch(BIN, &["--listen", &listen, "--state-dir", state_dir]);
     launched.wait_for("stdout", "Ready");
-    let (mut by_up, up_url) = up(&[&manifest], &["--state-dir", state_dir]);
+    let (mut by_up, _) = up(&[&manifest], &["--state-dir", state_dir]);
     assert_eq!(
         summary_without_paths(&launched),
         summary_without_paths(&by_up)
@@ -220,7 +220,6 @@ fn spin_up_launch_runs_the_relay_sample_exactly_like_up() {
     );
     by_up.terminate();
     assert_eq!(by_up.wait_exit(Duration::from_secs(20)), 0);
-    let _ = up_url;
 
     let tail = run(&["tail", "--url", &url, "relay", "shipments", "-n", "1"]);
     tail.wait_for("stderr", "watching `shipments`");
