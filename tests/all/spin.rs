@@ -167,9 +167,19 @@ fn summary_without_paths(running: &Running) -> Vec<String> {
         .collect()
 }
 
+/// Publishes with `trigger-messaging publish` and expects it to succeed.
+fn cli_publish(args: &[&str]) {
+    let mut publish = run(&[&["publish"], args].concat());
+    assert_eq!(
+        publish.wait_exit(Duration::from_secs(30)),
+        0,
+        "{}",
+        publish.all()
+    );
+}
+
 fn publish_order(url: &str, id: &str) {
-    let mut publish = run(&[
-        "publish",
+    cli_publish(&[
         "--url",
         url,
         "relay",
@@ -183,12 +193,6 @@ fn publish_order(url: &str, id: &str) {
         "--content-type",
         "application/json",
     ]);
-    assert_eq!(
-        publish.wait_exit(Duration::from_secs(30)),
-        0,
-        "{}",
-        publish.all()
-    );
 }
 
 #[test]
@@ -270,15 +274,7 @@ source = "{{probe}}"
 }
 
 fn publish_news(url: &str, app: &str, id: &str) {
-    let mut publish = run(&[
-        "publish", "--url", url, app, "news", "--type", "note", "--id", id,
-    ]);
-    assert_eq!(
-        publish.wait_exit(Duration::from_secs(30)),
-        0,
-        "{}",
-        publish.all()
-    );
+    cli_publish(&["--url", url, app, "news", "--type", "note", "--id", id]);
 }
 
 #[test]
@@ -802,15 +798,9 @@ fn a_mixed_app_lock_runs_only_its_messaging_components() {
     let url = format!("http://{listen}");
     let tail = run(&["tail", "--url", &url, "mixed", "results", "-n", "1"]);
     tail.wait_for("stderr", "watching `results`");
-    let mut publish = run(&[
-        "publish", "--url", &url, "mixed", "jobs", "--type", "job", "--id", "j-1",
+    cli_publish(&[
+        "--url", &url, "mixed", "jobs", "--type", "job", "--id", "j-1",
     ]);
-    assert_eq!(
-        publish.wait_exit(Duration::from_secs(30)),
-        0,
-        "{}",
-        publish.all()
-    );
     let line = tail.wait_for("stdout", "\"j-1\"");
     assert!(line.contains(r#""handledby":"worker""#), "{line}");
     launched.terminate();
