@@ -78,7 +78,7 @@ async fn two_processes_share_an_amqp_queue() {
 
 /// A RabbitMQ node of the test's own (run directly, not as a service), its
 /// data in the test's directory.
-fn rabbitmq(port: u16, dir: &std::path::Path) -> Command {
+pub fn rabbitmq(port: u16, dir: &std::path::Path) -> Command {
     let mut c = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
     let plugins = dir.join("enabled_plugins");
     let _ = std::fs::write(&plugins, "");

@@ -17,3 +17,4 @@ mod nats;
 mod redis;
 mod samples;
 mod spin;
+mod tls;

@@ -15,7 +15,7 @@ fn errors_of(toml: &str) -> (AppDir, Vec<ConfigError>) {
 }
 
 /// Asserts one of the errors is at `key`, on `line`, and says `text`.
-fn assert_error(errors: &[ConfigError], file: &Path, key: &str, line: usize, text: &str) {
+pub fn assert_error(errors: &[ConfigError], file: &Path, key: &str, line: usize, text: &str) {
     let found = errors
         .iter()
         .find(|e| e.key == key)
@@ -227,7 +227,7 @@ source = \"{{probe}}\"
     );
 }
 
-fn runtime_config_errors(text: &str) -> (tempfile::NamedTempFile, Vec<ConfigError>) {
+pub fn runtime_config_errors(text: &str) -> (tempfile::NamedTempFile, Vec<ConfigError>) {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), text).unwrap();
     let errors = match RuntimeConfig::load(Some(file.path()), &LinkRegistry::default()) {
@@ -267,6 +267,38 @@ fn runtime_config_mistakes_are_located() {
         3,
         "soon",
     );
+    // Values a link cannot use are found when the file loads, not on connecting.
+    for (settings, key, line, text) in [
+        (
+            "type = \"embedded\"\ncapacity = 0\n",
+            "capacity",
+            3,
+            "must be at least 1",
+        ),
+        ("type = \"mqtt\"\nqos = 3\n", "qos", 3, "must be 0, 1 or 2"),
+        (
+            "type = \"mqtt\"\nversion = \"3.1.1\"\ncontent_mode = \"binary\"\n",
+            "content_mode",
+            4,
+            "always structured",
+        ),
+        (
+            "type = \"amqp\"\nprefetch = 0\n",
+            "prefetch",
+            3,
+            "must be at least 1",
+        ),
+        ("type = \"nats\"\nuser = \"u\"\n", "user", 3, "go together"),
+    ] {
+        let (f, errors) = runtime_config_errors(&format!("[messaging_link.a]\n{settings}"));
+        assert_error(
+            &errors,
+            f.path(),
+            &format!("messaging_link.a.{key}"),
+            line,
+            text,
+        );
+    }
     let (f, errors) = runtime_config_errors("[messaging_links.a]\ntype = \"embedded\"\n");
     assert_error(&errors, f.path(), "messaging_links", 1, "unknown key");
     let (f, errors) = runtime_config_errors("[messaging_link.a]\ncapacity = 1\n");

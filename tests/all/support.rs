@@ -93,16 +93,21 @@ pub fn test_host() -> HostOptions {
     }
 }
 
-/// Loads and starts a provider.
-pub async fn start(manifests: &[&Path], runtime_config: Option<&Path>) -> Provider {
-    let provider = Provider::load(ProviderOptions {
+/// Loads a provider, not started yet.
+pub async fn load(manifests: &[&Path], runtime_config: Option<&Path>) -> Provider {
+    Provider::load(ProviderOptions {
         manifests: manifests.iter().map(|p| p.to_path_buf()).collect(),
         runtime_config: runtime_config.map(Path::to_path_buf),
         host: test_host(),
         ..ProviderOptions::default()
     })
     .await
-    .unwrap_or_else(|e| panic!("the provider did not load: {e:#}"));
+    .unwrap_or_else(|e| panic!("the provider did not load: {e:#}"))
+}
+
+/// Loads and starts a provider.
+pub async fn start(manifests: &[&Path], runtime_config: Option<&Path>) -> Provider {
+    let provider = load(manifests, runtime_config).await;
     provider.start().await.unwrap();
     provider
 }

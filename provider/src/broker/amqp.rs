@@ -10,8 +10,10 @@
 //! publish reconnects (or fails at once while the broker is away), and each
 //! subscription re-declares its queue and binding and consumes again.
 
+use super::tls::TlsFiles;
 use super::{
-    Acknowledge, Broker, BrokerError, Delivery, MakeBroker, SubscribeMode, Subscription, redact_url,
+    Acknowledge, Broker, BrokerError, Delivery, Invalid, MakeBroker, SubscribeMode, Subscription,
+    redact_url, require,
 };
 use crate::cloudevents::Event;
 use crate::cloudevents::amqp::BINARY;
@@ -22,11 +24,13 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{
     Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 use serde::Deserialize;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,9 +41,18 @@ pub struct MakeAmqp;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
-    /// `amqp://user:password@host:port/vhost`.
+    /// `amqp://user:password@host:port/vhost`, or `amqps://` for TLS.
     #[serde(default = "default_url")]
     pub url: String,
+    /// `amqps://`: the CA (PEM) that signed the server's certificate, if not a system root.
+    pub ca_file: Option<PathBuf>,
+    /// `amqps://`: a client certificate (PEM) for mutual TLS, with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// `amqps://`: the client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// What the TLS files hold, read by `check`.
+    #[serde(skip)]
+    pub tls_files: TlsFiles,
     /// The topic exchange every channel of this link publishes to.
     #[serde(default = "default_exchange")]
     pub exchange: String,
@@ -69,6 +82,24 @@ impl MakeBroker for MakeAmqp {
     const TYPE: &'static str = "amqp";
     type Settings = AmqpSettings;
 
+    fn check(s: &mut AmqpSettings, config_dir: &Path) -> Result<(), Invalid> {
+        require(s.prefetch > 0, "prefetch", "must be at least 1")?;
+        s.tls_files = TlsFiles::read(
+            config_dir,
+            &mut s.ca_file,
+            &mut s.cert_file,
+            &mut s.key_file,
+        )?;
+        if let Some(key) = s.tls_files.given_key() {
+            require(
+                s.url.starts_with("amqps://"),
+                key,
+                "TLS files need an `amqps://` url",
+            )?;
+        }
+        Ok(())
+    }
+
     fn describe(s: &AmqpSettings) -> String {
         format!(
             "amqp {} (exchange `{}`, prefetch {}, queues at least once)",
@@ -79,7 +110,6 @@ impl MakeBroker for MakeAmqp {
     }
 
     async fn connect(&self, name: &str, s: &AmqpSettings) -> anyhow::Result<Arc<dyn Broker>> {
-        anyhow::ensure!(s.prefetch > 0, "`prefetch` must be at least 1");
         let broker = AmqpBroker(Arc::new(Inner {
             name: name.into(),
             settings: s.clone(),
@@ -123,9 +153,21 @@ impl Inner {
         }
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("trigger-messaging/{}", self.name).into());
+        let tls = &self.settings.tls_files;
+        let tls = OwnedTLSConfig {
+            identity: tls
+                .client
+                .clone()
+                .map(|(pem, key)| OwnedIdentity::PKCS8 { pem, key }),
+            cert_chain: tls
+                .ca
+                .as_ref()
+                .map(|ca| String::from_utf8_lossy(ca).into_owned()),
+        };
+        let runtime = lapin::runtime::default_runtime().map_err(|e| unavailable(&self.name, e))?;
         let conn = tokio::time::timeout(
             self.settings.publish_timeout,
-            Connection::connect(&self.settings.url, properties),
+            Connection::connect_with_config(&self.settings.url, properties, tls, runtime),
         )
         .await
         .map_err(|_| unavailable(&self.name, "connecting timed out"))?

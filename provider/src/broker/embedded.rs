@@ -4,7 +4,10 @@
 //! `publish_timeout`, then fails without having delivered anything. Nothing is
 //! kept across restarts.
 
-use super::{Acknowledge, Broker, BrokerError, Delivery, MakeBroker, SubscribeMode, Subscription};
+use super::{
+    Acknowledge, Broker, BrokerError, Delivery, Invalid, MakeBroker, SubscribeMode, Subscription,
+    require,
+};
 use crate::cloudevents::Event;
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -63,6 +66,10 @@ impl MakeBroker for MakeEmbedded {
     const TYPE: &'static str = Self::TYPE_NAME;
     type Settings = EmbeddedSettings;
 
+    fn check(s: &mut EmbeddedSettings, _: &std::path::Path) -> Result<(), Invalid> {
+        require(s.capacity > 0, "capacity", "must be at least 1")
+    }
+
     fn describe(s: &EmbeddedSettings) -> String {
         format!(
             "embedded (in-process; capacity {}, publish timeout {}, max payload {} bytes)",
@@ -77,7 +84,6 @@ impl MakeBroker for MakeEmbedded {
         _name: &str,
         settings: &EmbeddedSettings,
     ) -> anyhow::Result<Arc<dyn Broker>> {
-        anyhow::ensure!(settings.capacity > 0, "`capacity` must be at least 1");
         Ok(Arc::new(EmbeddedBroker::new(settings.clone())))
     }
 }

@@ -6,12 +6,14 @@ pub mod embedded;
 pub mod mqtt;
 pub mod nats;
 pub mod redis;
+pub mod tls;
 
 use crate::cloudevents::Event;
 use crate::manifest::{ConfigError, KeyPath, TomlSource};
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 /// How a subscriber shares a channel's events with other subscribers.
@@ -177,6 +179,13 @@ pub trait MakeBroker: Send + Sync + 'static {
     const TYPE: &'static str;
     /// The link's settings, deserialised strictly (unknown keys are errors).
     type Settings: DeserializeOwned + Send + Sync + 'static;
+    /// Checks settings that deserialised but may still be wrong, and reads
+    /// the files they name (relative to `config_dir`), so that errors are
+    /// reported at their key and line when the config is loaded.
+    fn check(settings: &mut Self::Settings, config_dir: &Path) -> Result<(), Invalid> {
+        let _ = (settings, config_dir);
+        Ok(())
+    }
     /// A one-line description for the start-up summary; never shows secrets.
     fn describe(settings: &Self::Settings) -> String;
     /// Connects (or prepares to connect) the link named `name`.
@@ -185,6 +194,34 @@ pub trait MakeBroker: Send + Sync + 'static {
         name: &str,
         settings: &Self::Settings,
     ) -> anyhow::Result<Arc<dyn Broker>>;
+}
+
+/// A setting with a value its link cannot use: the key, and why.
+#[derive(Debug)]
+pub struct Invalid {
+    /// The key within the link's table.
+    pub key: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Invalid {
+    /// An error at `key`.
+    pub fn new(key: &'static str, message: impl Into<String>) -> Self {
+        Invalid {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+/// Fails with `message` at `key` unless `ok`.
+pub(crate) fn require(ok: bool, key: &'static str, message: &str) -> Result<(), Invalid> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::new(key, message))
+    }
 }
 
 /// A link whose settings were read and checked, ready to connect.
@@ -212,6 +249,7 @@ impl<M: MakeBroker> PreparedLink for Prepared<M> {
         M::describe(&self.settings)
     }
     async fn connect(&self, name: &str) -> anyhow::Result<Arc<dyn Broker>> {
+        tls::install_crypto_provider();
         self.maker.connect(name, &self.settings).await
     }
 }
@@ -247,7 +285,10 @@ impl LinkRegistry {
     pub fn register<M: MakeBroker>(&mut self, maker: M) {
         let maker = Arc::new(maker);
         let prepare: Preparer = Box::new(move |src, at, value| {
-            let settings: M::Settings = src.deserialize(at, value)?;
+            let mut settings: M::Settings = src.deserialize(at, value)?;
+            let config_dir = src.file().parent().unwrap_or(Path::new(""));
+            M::check(&mut settings, config_dir)
+                .map_err(|e| src.error(&at.key(e.key), e.message))?;
             Ok(Box::new(Prepared {
                 maker: maker.clone(),
                 settings,

@@ -16,8 +16,10 @@
 //! acknowledged into the buffer is lost if the process dies (at most once
 //! past the broker).
 
+use super::tls::TlsFiles;
 use super::{
-    Broker, BrokerError, Delivery, MakeBroker, NothingToSettle, SubscribeMode, Subscription,
+    Broker, BrokerError, Delivery, Invalid, MakeBroker, NothingToSettle, SubscribeMode,
+    Subscription, require,
 };
 use crate::cloudevents::Event;
 use crate::cloudevents::json;
@@ -27,6 +29,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,9 +54,18 @@ pub enum MqttVersion {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSettings {
-    /// `mqtt://host:port`.
+    /// `mqtt://host:port`, or `mqtts://host:port` for TLS (default port 8883).
     #[serde(default = "default_url")]
     pub url: String,
+    /// `mqtts://`: the CA (PEM) that signed the server's certificate, if not a system root.
+    pub ca_file: Option<PathBuf>,
+    /// `mqtts://`: a client certificate (PEM) for mutual TLS, with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// `mqtts://`: the client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// What the TLS files hold, read by `check`.
+    #[serde(skip)]
+    pub tls_files: TlsFiles,
     /// `"5"` (default) or `"3.1.1"`.
     #[serde(default)]
     pub version: MqttVersion,
@@ -64,9 +76,9 @@ pub struct MqttSettings {
     pub user: Option<String>,
     /// Password.
     pub password: Option<String>,
-    /// MQTT 5 only: `binary` (user properties) or `structured` (JSON).
-    #[serde(default)]
-    pub content_mode: ContentMode,
+    /// MQTT 5 only: `binary` (user properties, the default) or `structured`
+    /// (JSON); 3.1.1 is always structured.
+    pub content_mode: Option<ContentMode>,
     /// How long a publish waits for the broker's acknowledgement.
     #[serde(default = "super::default_publish_timeout", with = "humantime_serde")]
     pub publish_timeout: Duration,
@@ -103,6 +115,33 @@ impl MakeBroker for MakeMqtt {
     const TYPE: &'static str = "mqtt";
     type Settings = MqttSettings;
 
+    fn check(s: &mut MqttSettings, config_dir: &Path) -> Result<(), Invalid> {
+        require(s.qos <= 2, "qos", "must be 0, 1 or 2")?;
+        require(s.buffer > 0, "buffer", "must be at least 1")?;
+        require(
+            s.user.is_some() || s.password.is_none(),
+            "password",
+            "needs `user`",
+        )?;
+        require(
+            s.version == MqttVersion::V5
+                || s.content_mode.is_none_or(|m| m == ContentMode::Structured),
+            "content_mode",
+            "MQTT 3.1.1 has no metadata: events are always structured",
+        )?;
+        let (_, _, tls) = host_port(&s.url)?;
+        s.tls_files = TlsFiles::read(
+            config_dir,
+            &mut s.ca_file,
+            &mut s.cert_file,
+            &mut s.key_file,
+        )?;
+        if let Some(key) = s.tls_files.given_key() {
+            require(tls, key, "TLS files need an `mqtts://` url")?;
+        }
+        Ok(())
+    }
+
     fn describe(s: &MqttSettings) -> String {
         let version = match s.version {
             MqttVersion::V5 => "MQTT 5",
@@ -115,23 +154,16 @@ impl MakeBroker for MakeMqtt {
     }
 
     async fn connect(&self, name: &str, s: &MqttSettings) -> anyhow::Result<Arc<dyn Broker>> {
-        anyhow::ensure!(s.qos <= 2, "`qos` must be 0, 1 or 2");
-        anyhow::ensure!(s.buffer > 0, "`buffer` must be at least 1");
-        anyhow::ensure!(
-            s.user.is_some() || s.password.is_none(),
-            "`password` needs `user`"
-        );
-        anyhow::ensure!(
-            s.version == MqttVersion::V5
-                || s.content_mode == ContentMode::Structured
-                || s.content_mode == ContentMode::default(),
-            "MQTT 3.1.1 has no metadata: events are always structured"
-        );
-        let (host, port) = host_port(&s.url)?;
+        let (host, port, tls) = host_port(&s.url).map_err(|e| anyhow::anyhow!(e.message))?;
+        let tls = match tls {
+            true => Some(s.tls_files.client_config()?),
+            false => None,
+        };
         let settings = Arc::new(LinkSettings {
             link: name.into(),
             host,
             port,
+            tls,
             s: s.clone(),
         });
         let publisher = Conn::open(settings.clone(), None, None);
@@ -152,21 +184,28 @@ impl MakeBroker for MakeMqtt {
     }
 }
 
-fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| {
-            anyhow::anyhow!("`url` must start with mqtt:// (TLS is not supported yet)")
-        })?;
+/// The host, port and whether TLS is on, from `mqtt://` / `tcp://` or
+/// `mqtts://` / `ssl://` URLs.
+fn host_port(url: &str) -> Result<(String, u16, bool), Invalid> {
+    let (rest, tls) = [
+        ("mqtt://", false),
+        ("tcp://", false),
+        ("mqtts://", true),
+        ("ssl://", true),
+    ]
+    .into_iter()
+    .find_map(|(scheme, tls)| url.strip_prefix(scheme).map(|rest| (rest, tls)))
+    .ok_or_else(|| Invalid::new("url", "must start with mqtt:// or mqtts://"))?;
     let rest = rest.trim_end_matches('/');
+    let default_port = if tls { 8883 } else { 1883 };
     Ok(match rest.rsplit_once(':') {
         Some((h, p)) => (
             h.to_string(),
             p.parse()
-                .map_err(|_| anyhow::anyhow!("bad port in `url`: {p}"))?,
+                .map_err(|_| Invalid::new("url", format!("bad port `{p}`")))?,
+            tls,
         ),
-        None => (rest.to_string(), 1883),
+        None => (rest.to_string(), default_port, tls),
     })
 }
 
@@ -174,6 +213,8 @@ struct LinkSettings {
     link: String,
     host: String,
     port: u16,
+    /// The TLS configuration, for `mqtts://`.
+    tls: Option<Arc<rustls::ClientConfig>>,
     s: MqttSettings,
 }
 
@@ -274,6 +315,11 @@ impl Conn {
                 if let (Some(u), Some(p)) = (&ls.s.user, &ls.s.password) {
                     o.set_credentials(u.clone(), p.clone());
                 }
+                if let Some(tls) = &ls.tls {
+                    o.set_transport(rumqttc::Transport::tls_with_config(
+                        rumqttc::TlsConfiguration::Rustls(tls.clone()),
+                    ));
+                }
                 let (client, eventloop) = rumqttc::v5::AsyncClient::new(o, 1024);
                 let eventloop = Arc::new(tokio::sync::Mutex::new(eventloop));
                 (
@@ -291,6 +337,11 @@ impl Conn {
                     .set_max_packet_size(256 * 1024 * 1024, 256 * 1024 * 1024);
                 if let (Some(u), Some(p)) = (&ls.s.user, &ls.s.password) {
                     o.set_credentials(u.clone(), p.clone());
+                }
+                if let Some(tls) = &ls.tls {
+                    o.set_transport(rumqttc::Transport::tls_with_config(
+                        rumqttc::TlsConfiguration::Rustls(tls.clone()),
+                    ));
                 }
                 let (client, eventloop) = rumqttc::AsyncClient::new(o, 1024);
                 let eventloop = Arc::new(tokio::sync::Mutex::new(eventloop));
@@ -513,7 +564,7 @@ impl Broker for MqttBroker {
             match &self.publisher.client {
                 Client::V5(c) => {
                     let (user_properties, content_type, payload) =
-                        BINARY.encode_message(event, s.content_mode);
+                        BINARY.encode_message(event, s.content_mode.unwrap_or_default());
                     let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
                         user_properties,
                         content_type,

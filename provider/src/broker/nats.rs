@@ -8,9 +8,10 @@
 //! its own. While it is disconnected a publish fails at once with
 //! `service-unavailable`.
 
+use super::tls::TlsFiles;
 use super::{
-    Acknowledge, Broker, BrokerError, Delivery, MakeBroker, NothingToSettle, SubscribeMode,
-    Subscription, redact_url,
+    Acknowledge, Broker, BrokerError, Delivery, Invalid, MakeBroker, NothingToSettle,
+    SubscribeMode, Subscription, redact_url, require,
 };
 use crate::cloudevents::Event;
 use crate::cloudevents::nats::{ContentMode, decode, encode};
@@ -20,7 +21,7 @@ use async_trait::async_trait;
 use futures::StreamExt as _;
 use serde::Deserialize;
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,11 +43,18 @@ pub struct NatsSettings {
     pub token: Option<String>,
     /// A `.creds` file (JWT + NKey).
     pub credentials_file: Option<PathBuf>,
-    /// Require TLS.
+    /// Require TLS (also implied by a `tls://` URL or any TLS file).
     #[serde(default)]
     pub tls: bool,
-    /// A CA certificate file (PEM) to trust.
+    /// The CA (PEM) that signed the server's certificate, if not a system root.
     pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) for mutual TLS, with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// What the TLS files hold, read by `check`.
+    #[serde(skip)]
+    pub tls_files: TlsFiles,
     /// How events are written: `binary` (ce- headers) or `structured` (JSON).
     #[serde(default)]
     pub content_mode: ContentMode,
@@ -79,6 +87,24 @@ impl MakeBroker for MakeNats {
     const TYPE: &'static str = "nats";
     type Settings = NatsSettings;
 
+    fn check(s: &mut NatsSettings, config_dir: &Path) -> Result<(), Invalid> {
+        require(
+            s.user.is_some() == s.password.is_some(),
+            if s.user.is_some() { "user" } else { "password" },
+            "`user` and `password` go together",
+        )?;
+        if let Some(file) = &mut s.credentials_file {
+            *file = config_dir.join(&*file);
+        }
+        s.tls_files = TlsFiles::read(
+            config_dir,
+            &mut s.ca_file,
+            &mut s.cert_file,
+            &mut s.key_file,
+        )?;
+        Ok(())
+    }
+
     fn describe(s: &NatsSettings) -> String {
         let mode = if s.jetstream {
             "JetStream, at least once"
@@ -93,10 +119,6 @@ impl MakeBroker for MakeNats {
     }
 
     async fn connect(&self, name: &str, s: &NatsSettings) -> anyhow::Result<Arc<dyn Broker>> {
-        anyhow::ensure!(
-            s.user.is_some() == s.password.is_some(),
-            "`user` and `password` go together"
-        );
         let link = name.to_string();
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("trigger-messaging/{name}"))
@@ -129,7 +151,10 @@ impl MakeBroker for MakeNats {
         if let Some(ca) = &s.ca_file {
             options = options.add_root_certificates(ca.clone());
         }
-        options = options.require_tls(s.tls);
+        if let (Some(cert), Some(key)) = (&s.cert_file, &s.key_file) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        options = options.require_tls(s.tls || s.tls_files.given_key().is_some());
         let client = options.connect(s.url.as_str()).await?;
         // Wait briefly for the first connection, so that a server that is up
         // is used from the first event; one that is down does not stop the start.

@@ -8,9 +8,10 @@
 //! subscription has its own connection (reads block) and re-subscribes after
 //! the server comes back. While the server is away, a publish fails fast.
 
+use super::tls::TlsFiles;
 use super::{
-    Acknowledge, Broker, BrokerError, Delivery, MakeBroker, NothingToSettle, SubscribeMode,
-    Subscription, redact_url,
+    Acknowledge, Broker, BrokerError, Delivery, Invalid, MakeBroker, NothingToSettle,
+    SubscribeMode, Subscription, redact_url, require,
 };
 use crate::cloudevents::Event;
 use crate::cloudevents::json;
@@ -22,6 +23,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamReadReply;
 use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,9 +34,18 @@ pub struct MakeRedis;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
     #[serde(default = "default_url")]
     pub url: String,
+    /// `rediss://`: the CA (PEM) that signed the server's certificate, if not a system root.
+    pub ca_file: Option<PathBuf>,
+    /// `rediss://`: a client certificate (PEM) for mutual TLS, with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// `rediss://`: the client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// What the TLS files hold, read by `check`.
+    #[serde(skip)]
+    pub tls_files: TlsFiles,
     /// How stream entries are written: `binary` (a `ce-` field per attribute)
     /// or `structured` (the JSON format in `data`). Pub/sub is always structured.
     #[serde(default)]
@@ -69,6 +80,24 @@ impl MakeBroker for MakeRedis {
     const TYPE: &'static str = "redis";
     type Settings = RedisSettings;
 
+    fn check(s: &mut RedisSettings, config_dir: &Path) -> Result<(), Invalid> {
+        require(s.batch > 0, "batch", "must be at least 1")?;
+        s.tls_files = TlsFiles::read(
+            config_dir,
+            &mut s.ca_file,
+            &mut s.cert_file,
+            &mut s.key_file,
+        )?;
+        if let Some(key) = s.tls_files.given_key() {
+            require(
+                s.url.starts_with("rediss://"),
+                key,
+                "TLS files need a `rediss://` url",
+            )?;
+        }
+        Ok(())
+    }
+
     fn describe(s: &RedisSettings) -> String {
         format!(
             "redis {} (topics: pub/sub, at most once; queues: streams + consumer groups, at least once)",
@@ -77,8 +106,23 @@ impl MakeBroker for MakeRedis {
     }
 
     async fn connect(&self, name: &str, s: &RedisSettings) -> anyhow::Result<Arc<dyn Broker>> {
-        anyhow::ensure!(s.batch > 0, "`batch` must be at least 1");
-        let client = redis::Client::open(s.url.as_str())?;
+        let client = if s.url.starts_with("rediss://") {
+            let tls = &s.tls_files;
+            redis::Client::build_with_tls(
+                s.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: tls.client.clone().map(|(client_cert, client_key)| {
+                        redis::ClientTlsConfig {
+                            client_cert,
+                            client_key,
+                        }
+                    }),
+                    root_cert: tls.ca.clone(),
+                },
+            )?
+        } else {
+            redis::Client::open(s.url.as_str())?
+        };
         let commands = manager(&client, s.publish_timeout).await;
         if commands.is_none() {
             tracing::warn!(link = %name, url = %redact_url(&s.url), "Redis not reachable yet; retrying on use");

@@ -1,0 +1,353 @@
+//! TLS on every broker-backed link: each link's own private server, serving
+//! only TLS and requiring a client certificate, carries a round trip through
+//! a guest; the same link without the client certificate, or without the
+//! CA that signed the server's certificate, is refused. The TLS settings are
+//! checked when the runtime config loads.
+
+use crate::links::{PrivateServer, app_on};
+use crate::manifest::{assert_error, runtime_config_errors};
+use crate::support::*;
+use messaging_provider::broker::LinkRegistry;
+use messaging_provider::host::MessagingError;
+use messaging_provider::manifest::RuntimeConfig;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// A test CA, a server certificate for `localhost` and `127.0.0.1`, and a
+/// client certificate, as PEM files in one directory.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The client side's TLS settings: the CA, and the client certificate
+    /// unless `client` is false.
+    fn settings(&self, client: bool) -> String {
+        let mut s = format!("ca_file = {:?}\n", self.path("ca.pem"));
+        if client {
+            s += &format!(
+                "cert_file = {:?}\nkey_file = {:?}\n",
+                self.path("client.pem"),
+                self.path("client.key")
+            );
+        }
+        s
+    }
+}
+
+fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "trigger-messaging test CA");
+        write("ca.pem", ca.self_signed(&ca_key).unwrap().pem());
+        let issuer = Issuer::new(ca, ca_key);
+
+        for (name, names, usage) in [
+            (
+                "server",
+                vec!["localhost".to_string(), "127.0.0.1".to_string()],
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ),
+            (
+                "client",
+                vec!["client.test".to_string()],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
+        ] {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![usage];
+            write(
+                &format!("{name}.pem"),
+                params.signed_by(&key, &issuer).unwrap().pem(),
+            );
+            write(&format!("{name}.key"), key.serialize_pem());
+        }
+        Pki { dir }
+    })
+}
+
+/// An event published on the link's `feed` reaches the guest over the link
+/// and comes back on the local `results` channel.
+async fn round_trip(settings: &str) {
+    let base = format!("tls.{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let (app, rc) = app_on(settings, &base);
+    let provider = start(&[&app.manifest], Some(rc.path())).await;
+    let mut results = watch(&provider, "linkapp", "results").await;
+    let app = provider.app("linkapp").unwrap().clone();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    app.publish_external("feed", &event("over-tls", "t"))
+        .await
+        .unwrap();
+    results.next_with_id("over-tls").await;
+}
+
+/// The link cannot get through the server's TLS. Links that subscribe at
+/// start (Redis, AMQP) stop the start with the handshake's reason; the
+/// others start, keep retrying, and a publish fails fast meanwhile.
+async fn refused(settings: &str) {
+    let (app, rc) = app_on(settings, "tls.refused");
+    let provider = load(&[&app.manifest], Some(rc.path())).await;
+    if let Err(e) = provider.start().await {
+        let e = format!("{e:#}");
+        assert!(e.contains("link `bus`") && e.contains("unavailable"), "{e}");
+        return;
+    }
+    let app = provider.app("linkapp").unwrap().clone();
+    let err = app
+        .publish_external("feed", &event("refused", "t"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MessagingError::ServiceUnavailable(_) | MessagingError::ConnectionLost(_)
+        ),
+        "{err}"
+    );
+}
+
+/// The round trip with the CA and the client certificate; refusal without
+/// either. `link` is the link's type and URL settings.
+async fn mutual_tls(link: &str) {
+    let pki = pki();
+    round_trip(&format!("{link}{}", pki.settings(true))).await;
+    let quick = "publish_timeout = \"1s\"\n";
+    refused(&format!("{link}{quick}{}", pki.settings(false))).await;
+    refused(&format!("{link}{quick}")).await;
+}
+
+fn nats_tls_server(port: u16, _: &Path) -> Command {
+    let pki = pki();
+    let mut c = Command::new("/usr/sbin/nats-server");
+    c.args(["-a", "127.0.0.1", "-p", &port.to_string(), "--tlsverify"])
+        .arg("--tlscert")
+        .arg(pki.path("server.pem"))
+        .arg("--tlskey")
+        .arg(pki.path("server.key"))
+        .arg("--tlscacert")
+        .arg(pki.path("ca.pem"));
+    c
+}
+
+fn redis_tls_server(port: u16, dir: &Path) -> Command {
+    let pki = pki();
+    let mut c = Command::new("redis-server");
+    c.args(["--bind", "127.0.0.1", "--port", "0", "--tls-port"])
+        .arg(port.to_string())
+        .arg("--tls-cert-file")
+        .arg(pki.path("server.pem"))
+        .arg("--tls-key-file")
+        .arg(pki.path("server.key"))
+        .arg("--tls-ca-cert-file")
+        .arg(pki.path("ca.pem"))
+        .args([
+            "--tls-auth-clients",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir);
+    c
+}
+
+fn mosquitto_tls_server(port: u16, dir: &Path) -> Command {
+    let pki = pki();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "per_listener_settings true\nlistener {port} 127.0.0.1\nallow_anonymous true\n\
+             cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            pki.path("ca.pem").display(),
+            pki.path("server.pem").display(),
+            pki.path("server.key").display()
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new("mosquitto");
+    c.arg("-c").arg(conf);
+    c
+}
+
+/// A private RabbitMQ node whose AMQP listener (the server's port) speaks
+/// only TLS; its plain listener is on the next port.
+fn rabbitmq_tls_server(port: u16, dir: &Path) -> Command {
+    let pki = pki();
+    let conf = dir.join("rabbitmq.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listeners.ssl.default = {port}\n\
+             ssl_options.cacertfile = {}\nssl_options.certfile = {}\nssl_options.keyfile = {}\n\
+             ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n",
+            pki.path("ca.pem").display(),
+            pki.path("server.pem").display(),
+            pki.path("server.key").display()
+        ),
+    )
+    .unwrap();
+    let mut c = crate::amqp::rabbitmq(port, dir);
+    c.env("RABBITMQ_NODE_PORT", (port + 1).to_string())
+        .env("RABBITMQ_CONFIG_FILE", conf);
+    c
+}
+
+#[tokio::test]
+async fn nats_over_mutual_tls() {
+    let server = PrivateServer::start(nats_tls_server);
+    mutual_tls(&format!(
+        "type = \"nats\"\nurl = \"tls://127.0.0.1:{}\"\n",
+        server.port
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn redis_over_mutual_tls() {
+    let server = PrivateServer::start(redis_tls_server);
+    mutual_tls(&format!(
+        "type = \"redis\"\nurl = \"rediss://127.0.0.1:{}\"\n",
+        server.port
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn mqtt_over_mutual_tls() {
+    let server = PrivateServer::start(mosquitto_tls_server);
+    mutual_tls(&format!(
+        "type = \"mqtt\"\nurl = \"mqtts://127.0.0.1:{}\"\n",
+        server.port
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn mqtt_3_1_1_over_mutual_tls() {
+    let server = PrivateServer::start(mosquitto_tls_server);
+    mutual_tls(&format!(
+        "type = \"mqtt\"\nversion = \"3.1.1\"\nurl = \"mqtts://localhost:{}\"\n",
+        server.port
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn amqp_over_mutual_tls() {
+    let server = PrivateServer::start(rabbitmq_tls_server);
+    mutual_tls(&format!(
+        "type = \"amqp\"\nurl = \"amqps://guest:guest@localhost:{}/%2f\"\n",
+        server.port
+    ))
+    .await;
+}
+
+/// TLS files are read when the config loads: relative paths are taken from
+/// the runtime config's directory, and every mistake is reported at its key.
+#[test]
+fn tls_settings_are_checked_when_the_config_loads() {
+    let pki = pki();
+    let rc = pki.path("relative.toml");
+    std::fs::write(
+        &rc,
+        "[messaging_link.a]\ntype = \"amqp\"\nurl = \"amqps://localhost\"\n\
+         ca_file = \"ca.pem\"\ncert_file = \"client.pem\"\nkey_file = \"client.key\"\n",
+    )
+    .unwrap();
+    RuntimeConfig::load(Some(&rc), &LinkRegistry::default()).unwrap();
+
+    let (f, errors) = runtime_config_errors(
+        "[messaging_link.a]\ntype = \"redis\"\nurl = \"rediss://h\"\nca_file = \"no-such.pem\"\n",
+    );
+    let missing = f.path().parent().unwrap().join("no-such.pem");
+    assert_error(
+        &errors,
+        f.path(),
+        "messaging_link.a.ca_file",
+        4,
+        &format!("cannot read `{}`", missing.display()),
+    );
+
+    let cert = pki.path("client.pem");
+    let (f, errors) = runtime_config_errors(&format!(
+        "[messaging_link.a]\ntype = \"nats\"\ncert_file = {cert:?}\n"
+    ));
+    assert_error(
+        &errors,
+        f.path(),
+        "messaging_link.a.cert_file",
+        3,
+        "needs `key_file` too",
+    );
+
+    let (f, errors) = runtime_config_errors(&format!(
+        "[messaging_link.a]\ntype = \"mqtt\"\nurl = \"mqtts://h\"\n\
+         cert_file = {cert:?}\nkey_file = {cert:?}\n"
+    ));
+    assert_error(
+        &errors,
+        f.path(),
+        "messaging_link.a.key_file",
+        5,
+        "holds no PEM private key",
+    );
+
+    let key = pki.path("client.key");
+    let (f, errors) = runtime_config_errors(&format!(
+        "[messaging_link.a]\ntype = \"amqp\"\nca_file = {key:?}\nurl = \"amqps://h\"\n"
+    ));
+    assert_error(
+        &errors,
+        f.path(),
+        "messaging_link.a.ca_file",
+        3,
+        "holds no PEM certificate",
+    );
+
+    for (link, scheme) in [("redis", "rediss"), ("amqp", "amqps"), ("mqtt", "mqtts")] {
+        let (f, errors) = runtime_config_errors(&format!(
+            "[messaging_link.a]\ntype = \"{link}\"\n{}",
+            pki.settings(false)
+        ));
+        assert_error(
+            &errors,
+            f.path(),
+            "messaging_link.a.ca_file",
+            3,
+            &format!(
+                "TLS files need a{} `{scheme}://` url",
+                if link == "redis" { "" } else { "n" }
+            ),
+        );
+    }
+
+    let (f, errors) =
+        runtime_config_errors("[messaging_link.a]\ntype = \"mqtt\"\nurl = \"wss://h\"\n");
+    assert_error(
+        &errors,
+        f.path(),
+        "messaging_link.a.url",
+        3,
+        "must start with mqtt:// or mqtts://",
+    );
+}
