@@ -238,9 +238,12 @@ fn is_spin_launch(mut args: impl Iterator<Item = std::ffi::OsString>) -> bool {
                 .any(|a| QUERIES.iter().any(|q| a == *q)))
 }
 
+/// `RUST_LOG`, or by default our own messages at info; the broker clients'
+/// own (which repeat on every reconnect attempt) only from warnings up.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,messaging_provider=info,trigger_messaging=info")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -372,10 +372,13 @@ impl Conn {
         let task = tokio::spawn(async move {
             let mut waiting: HashMap<u16, oneshot::Sender<()>> = HashMap::new();
             let mut backoff = Duration::from_millis(100);
+            // Logged once per distinct reason, not on every retry.
+            let mut last_failure = None;
             loop {
                 match next().await {
                     Ev::ConnAck { session_present } => {
                         backoff = Duration::from_millis(100);
+                        last_failure = None;
                         if !flag.swap(true, Ordering::Relaxed) {
                             tracing::info!(link = %link, "MQTT link connected");
                         }
@@ -410,7 +413,10 @@ impl Conn {
                     Ev::Down(e) => {
                         if flag.swap(false, Ordering::Relaxed) {
                             tracing::warn!(link = %link, "MQTT link disconnected ({e}); reconnecting");
+                        } else if last_failure.as_ref() != Some(&e) {
+                            tracing::warn!(link = %link, "MQTT link cannot connect ({e}); retrying");
                         }
+                        last_failure = Some(e);
                         // Publishes under way will not be confirmed on this connection.
                         waiting.clear();
                         fifo.lock().unwrap().clear();

@@ -120,20 +120,33 @@ impl MakeBroker for MakeNats {
 
     async fn connect(&self, name: &str, s: &NatsSettings) -> anyhow::Result<Arc<dyn Broker>> {
         let link = name.to_string();
+        // A failing connection is logged once per distinct reason, not on every retry.
+        let last_failure = Arc::new(Mutex::new(None::<String>));
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("trigger-messaging/{name}"))
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(s.publish_timeout)
             .event_callback(move |event| {
-                let link = link.clone();
+                let (link, last_failure) = (link.clone(), last_failure.clone());
                 async move {
                     match event {
                         async_nats::Event::Connected => {
+                            *last_failure.lock().unwrap() = None;
                             tracing::info!(link = %link, "NATS link connected")
                         }
                         async_nats::Event::Disconnected => {
                             tracing::warn!(link = %link, "NATS link disconnected; reconnecting")
+                        }
+                        async_nats::Event::ClientError(e) => {
+                            let e = e.to_string();
+                            let mut last = last_failure.lock().unwrap();
+                            if last.as_ref() != Some(&e) {
+                                // async-nats gives the cause (e.g. a certificate
+                                // it does not trust) only in its debug log.
+                                tracing::warn!(link = %link, "NATS link cannot connect ({e}); retrying (RUST_LOG=async_nats=debug shows why)");
+                                *last = Some(e);
+                            }
                         }
                         other => tracing::info!(link = %link, "NATS link: {other}"),
                     }

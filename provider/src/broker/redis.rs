@@ -123,10 +123,10 @@ impl MakeBroker for MakeRedis {
         } else {
             redis::Client::open(s.url.as_str())?
         };
-        let commands = manager(&client, s.publish_timeout).await;
-        if commands.is_none() {
-            tracing::warn!(link = %name, url = %redact_url(&s.url), "Redis not reachable yet; retrying on use");
-        }
+        let commands = manager(&client, s.publish_timeout)
+            .await
+            .inspect_err(|e| tracing::warn!(link = %name, url = %redact_url(&s.url), "Redis not reachable yet ({e}); retrying on use"))
+            .ok();
         Ok(Arc::new(RedisBroker {
             name: name.into(),
             client,
@@ -137,15 +137,18 @@ impl MakeBroker for MakeRedis {
     }
 }
 
-async fn manager(client: &redis::Client, timeout: Duration) -> Option<ConnectionManager> {
+/// A reconnecting command connection, or why there is none (e.g. refused,
+/// or a TLS handshake that failed).
+async fn manager(client: &redis::Client, timeout: Duration) -> Result<ConnectionManager, String> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(BLOCK + timeout))
         .set_number_of_retries(1);
-    tokio::time::timeout(timeout, client.get_connection_manager_with_config(config))
-        .await
-        .ok()?
-        .ok()
+    match tokio::time::timeout(timeout, client.get_connection_manager_with_config(config)).await {
+        Ok(Ok(manager)) => Ok(manager),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("connecting timed out".into()),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,12 +174,14 @@ fn unavailable(link: &str, e: impl std::fmt::Display) -> BrokerError {
 impl RedisBroker {
     async fn conn(&self) -> Result<ConnectionManager, BrokerError> {
         let mut guard = self.commands.lock().await;
-        if guard.is_none() {
-            *guard = manager(&self.client, self.settings.publish_timeout).await;
+        if let Some(commands) = guard.as_ref() {
+            return Ok(commands.clone());
         }
-        guard
-            .clone()
-            .ok_or_else(|| unavailable(&self.name, "the server is not reachable"))
+        let commands = manager(&self.client, self.settings.publish_timeout)
+            .await
+            .map_err(|e| unavailable(&self.name, e))?;
+        *guard = Some(commands.clone());
+        Ok(commands)
     }
 
     fn declare(&self, address: &str, kind: Kind) -> Result<(), BrokerError> {
@@ -292,7 +297,7 @@ impl Broker for RedisBroker {
                 // Watching a queue: read the stream without a group, from now on.
                 let mut conn = manager(&self.client, self.settings.publish_timeout)
                     .await
-                    .ok_or_else(|| unavailable(&self.name, "the server is not reachable"))?;
+                    .map_err(|e| unavailable(&self.name, e))?;
                 // Start after the newest entry now, so nothing published after
                 // this call is missed (`$` would mean "after the first read").
                 let newest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
@@ -320,7 +325,7 @@ impl Broker for RedisBroker {
                 self.ensure_group(address, &group).await?;
                 let conn = manager(&self.client, self.settings.publish_timeout)
                     .await
-                    .ok_or_else(|| unavailable(&self.name, "the server is not reachable"))?;
+                    .map_err(|e| unavailable(&self.name, e))?;
                 Ok(Box::new(GroupReader {
                     conn,
                     origin,
