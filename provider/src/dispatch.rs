@@ -4,14 +4,14 @@
 //! permissions, and drains in-flight handlers on shutdown.
 
 use crate::app::{App, Channel, ChannelKind, ComponentSpec};
-use crate::broker::{Broker, Delivery, SubscribeMode, Subscription};
+use crate::broker::{Broker, BrokerError, Delivery, SubscribeMode, Subscription};
 use crate::cloudevents::{Event, json};
 use crate::host::bindings::Channel as WitChannel;
 use crate::host::{
     ComponentOutput, Host, InstanceIdentity, MessagingCtx, MessagingError, PreparedComponent,
 };
 use async_trait::async_trait;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -229,46 +229,101 @@ impl AppRuntime {
     }
 
     /// Declares the app's channels to their links and starts every
-    /// component's subscriptions from the manifest.
-    pub async fn start(&self) -> anyhow::Result<()> {
+    /// component's subscriptions from the manifest. What a link that is down
+    /// cannot take now is attached in the background once it is back, so one
+    /// broker being away stops neither the start nor the other links' work.
+    pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
+        let mut down = HashSet::new();
         for channel in self.app.channels.values() {
-            let link = self.link(channel);
-            match channel.kind {
-                ChannelKind::Queue => link.declare_queue(&channel.address, &channel.group).await,
-                ChannelKind::Topic => link.declare_topic(&channel.address).await,
-            }
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "app `{}`: cannot declare {} `{}`: {e}",
-                    self.app.name,
-                    channel.kind,
-                    channel.name
-                )
-            })?;
-        }
-        for component in &self.components {
-            for name in &component.spec.subscriptions {
-                let channel = &self.app.channels[name];
-                let sub = self
-                    .link(channel)
-                    .subscribe(&channel.address, subscribe_mode(channel))
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "app `{}`: cannot subscribe component `{}` to `{name}`: {e}",
-                            self.app.name,
-                            component.spec.id
-                        )
-                    })?;
-                self.dispatcher.spawn_pump(
-                    component.clone(),
-                    channel.clone(),
-                    sub,
-                    self.stop.clone(),
-                );
+            let subscribers: Vec<_> = self
+                .components
+                .iter()
+                .filter(|c| c.spec.subscriptions.contains(&channel.name))
+                .map(|c| Some(c.clone()))
+                .collect();
+            let units = if subscribers.is_empty() {
+                vec![None]
+            } else {
+                subscribers
+            };
+            for subscriber in units {
+                if down.contains(&channel.link) {
+                    self.attach_later(channel.clone(), subscriber);
+                    continue;
+                }
+                match self.attach(channel, subscriber.as_ref()).await {
+                    Ok(()) => {}
+                    Err((what, e)) if e.is_transient() => {
+                        tracing::warn!(app = %self.app.name, link = %channel.link, "{what}: {e}; attaching the link's channels once it is back");
+                        down.insert(channel.link.clone());
+                        self.attach_later(channel.clone(), subscriber);
+                    }
+                    Err((what, e)) => anyhow::bail!("app `{}`: {what}: {e}", self.app.name),
+                }
             }
         }
         Ok(())
+    }
+
+    /// Declares `channel` to its link and, given a subscriber, subscribes it
+    /// and starts its pump. An error says which step failed.
+    async fn attach(
+        &self,
+        channel: &Channel,
+        subscriber: Option<&Arc<ComponentRuntime>>,
+    ) -> Result<(), (String, BrokerError)> {
+        let link = self.link(channel);
+        match channel.kind {
+            ChannelKind::Queue => link.declare_queue(&channel.address, &channel.group).await,
+            ChannelKind::Topic => link.declare_topic(&channel.address).await,
+        }
+        .map_err(|e| {
+            let what = format!("cannot declare {} `{}`", channel.kind, channel.name);
+            (what, e)
+        })?;
+        if let Some(component) = subscriber {
+            let sub = link
+                .subscribe(&channel.address, subscribe_mode(channel))
+                .await
+                .map_err(|e| {
+                    let what = format!(
+                        "cannot subscribe component `{}` to `{}`",
+                        component.spec.id, channel.name
+                    );
+                    (what, e)
+                })?;
+            self.dispatcher
+                .spawn_pump(component.clone(), channel.clone(), sub, self.stop.clone());
+        }
+        Ok(())
+    }
+
+    /// Retries `attach`, with backoff, until it succeeds or the app stops.
+    fn attach_later(self: &Arc<Self>, channel: Channel, subscriber: Option<Arc<ComponentRuntime>>) {
+        let (app, stop) = (Arc::downgrade(self), self.stop.clone());
+        self.dispatcher.tasks.spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                let Some(app) = app.upgrade() else { return };
+                match app.attach(&channel, subscriber.as_ref()).await {
+                    Ok(()) => {
+                        tracing::info!(app = %app.app.name, link = %channel.link, channel = %channel.name, "channel attached to its link");
+                        return;
+                    }
+                    Err((_, e)) if e.is_transient() => {
+                        backoff = (backoff * 2).min(Duration::from_secs(5))
+                    }
+                    Err((what, e)) => {
+                        tracing::error!(app = %app.app.name, link = %channel.link, "{what}: {e}; giving up");
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// Publishes as an outside producer would (no component permission

@@ -99,8 +99,8 @@ pub fn rabbitmq(port: u16, dir: &std::path::Path) -> Command {
 }
 
 #[tokio::test]
-async fn amqp_recovers_and_resubscribes_after_a_restart() {
-    let server = PrivateServer::start(rabbitmq);
+async fn amqp_starts_without_its_server_and_recovers_from_a_restart() {
+    let server = PrivateServer::not_started(rabbitmq);
     let settings = format!(
         "type = \"amqp\"\nurl = \"amqp://guest:guest@127.0.0.1:{}/%2f\"\npublish_timeout = \"2s\"\n",
         server.port

@@ -44,17 +44,22 @@ pub struct PrivateServer {
 impl PrivateServer {
     /// Starts `command(port, data_dir)` and waits until it listens.
     pub fn start(command: fn(u16, &std::path::Path) -> Command) -> Self {
-        let port = free_port();
-        let mut s = PrivateServer {
-            port,
-            command,
-            child: None,
-            store: tempfile::tempdir().unwrap(),
-        };
+        let mut s = Self::not_started(command);
         s.restart();
         s
     }
 
+    /// Picks the port and the data directory; `restart` starts the server.
+    pub fn not_started(command: fn(u16, &std::path::Path) -> Command) -> Self {
+        PrivateServer {
+            port: free_port(),
+            command,
+            child: None,
+            store: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Starts the server (again) and waits until it listens.
     pub fn restart(&mut self) {
         use std::os::unix::process::CommandExt as _;
         // A process group of its own, so that a server that forks (RabbitMQ)
@@ -93,10 +98,11 @@ impl Drop for PrivateServer {
     }
 }
 
-/// Kills and restarts the link's private server under a running provider:
-/// publishing fails fast meanwhile, other links keep working, and the
-/// subscription resumes afterwards. `settings` makes the link's runtime
-/// config for a port.
+/// A provider starts while its link's server is not there yet, and goes on
+/// after the server is killed and restarted under it: while the server is
+/// away, publishing fails fast and other links keep working; once it is
+/// back, the link's subscriptions come alive. `server` is not started yet;
+/// `settings` makes the link's runtime config for its port.
 pub async fn reconnects(mut server: PrivateServer, settings: &str) {
     let base = format!(
         "reconnect.{}",
@@ -106,17 +112,28 @@ pub async fn reconnects(mut server: PrivateServer, settings: &str) {
     let provider = start(&[&app.manifest], Some(rc.path())).await;
     let app = provider.app("linkapp").unwrap().clone();
     let mut results = watch(&provider, "linkapp", "results").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
-    app.publish_external("feed", &event("before", "t"))
-        .await
-        .unwrap();
-    results.next_with_id("before").await;
+    served_while_away(&provider, &app, &mut results, "before-start").await;
+    server.restart();
+    recovers(&app, &mut results).await;
 
     server.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
+    served_while_away(&provider, &app, &mut results, "during").await;
+    server.restart();
+    recovers(&app, &mut results).await;
+}
+
+/// While the link's server is away: publishing to the link fails fast, for
+/// the host and for a guest, and channels on other links are served.
+async fn served_while_away(
+    provider: &messaging_provider::Provider,
+    app: &messaging_provider::dispatch::AppRuntime,
+    results: &mut Watch,
+    when: &str,
+) {
     let err = app
-        .publish_external("feed", &event("during", "t"))
+        .publish_external("feed", &event(when, "t"))
         .await
         .unwrap_err();
     assert!(
@@ -126,21 +143,22 @@ pub async fn reconnects(mut server: PrivateServer, settings: &str) {
         ),
         "{err}"
     );
-    let mut cmd = event("guest-during", "probe.publish");
+    let mut cmd = event(&format!("guest-{when}"), "probe.publish");
     cmd.subject = Some("topic:out".into());
-    let (case, message) = ask(&provider, "linkapp", &mut results, cmd).await;
+    let (case, message) = ask(provider, "linkapp", results, cmd).await;
     assert!(
         case == "service-unavailable" || case == "connection-lost",
         "{case}: {message}"
     );
-    // Channels on other links keep being served meanwhile.
-    send(&provider, "linkapp", "inbox", event("local-during", "t")).await;
-    results.next_with_id("local-during").await;
+    let local = format!("local-{when}");
+    send(provider, "linkapp", "inbox", event(&local, "t")).await;
+    results.next_with_id(&local).await;
+}
 
-    server.restart();
-    // Publishing works again once the link reconnected, and the subscription
-    // resumes (on some brokers a little later, so keep publishing until an
-    // event published after the restart comes through).
+/// Publishing works again once the link reconnected, and the subscription
+/// resumes (on some brokers a little later, so keep publishing until an
+/// event published after the restart comes through).
+async fn recovers(app: &messaging_provider::dispatch::AppRuntime, results: &mut Watch) {
     let start = Instant::now();
     for attempt in 0.. {
         assert!(
@@ -153,7 +171,7 @@ pub async fn reconnects(mut server: PrivateServer, settings: &str) {
                 tokio::time::timeout(Duration::from_millis(500), results.0.next()).await
         {
             assert!(d.event.id.starts_with("after-"), "{:?}", d.event);
-            break;
+            return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -213,8 +213,8 @@ async fn mosquitto_clients_publish_plain_and_cloudevents_and_read_ours() {
 }
 
 #[tokio::test]
-async fn mqtt_reconnects_and_resubscribes_after_a_restart() {
-    let server = PrivateServer::start(mosquitto);
+async fn mqtt_starts_without_its_server_and_recovers_from_a_restart() {
+    let server = PrivateServer::not_started(mosquitto);
     let settings = format!(
         "type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\npublish_timeout = \"1s\"\n",
         server.port

@@ -153,8 +153,8 @@ source = "{{probe}}"
 }
 
 #[tokio::test]
-async fn redis_reconnects_and_resubscribes_after_a_restart() {
-    let server = PrivateServer::start(redis_server);
+async fn redis_starts_without_its_server_and_recovers_from_a_restart() {
+    let server = PrivateServer::not_started(redis_server);
     let settings = format!(
         "type = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\npublish_timeout = \"1s\"\n",
         server.port

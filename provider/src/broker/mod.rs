@@ -58,6 +58,16 @@ pub enum BrokerError {
     Other(String),
 }
 
+impl BrokerError {
+    /// Whether the broker may take the same request once it is reachable again.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            BrokerError::Unavailable(_) | BrokerError::ConnectionLost(_)
+        )
+    }
+}
+
 /// A connected broker link. Addresses are broker-side names; the provider
 /// maps app channels onto them.
 #[async_trait]
