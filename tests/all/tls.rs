@@ -328,10 +328,7 @@ fn tls_settings_are_checked_when_the_config_loads() {
             f.path(),
             "messaging_link.a.ca_file",
             3,
-            &format!(
-                "TLS files need a{} `{scheme}://` url",
-                if link == "redis" { "" } else { "n" }
-            ),
+            &format!("TLS files need `url` to start with {scheme}://"),
         );
     }
 

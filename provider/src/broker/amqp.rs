@@ -89,14 +89,8 @@ impl MakeBroker for MakeAmqp {
             &mut s.ca_file,
             &mut s.cert_file,
             &mut s.key_file,
-        )?;
-        if let Some(key) = s.tls_files.given_key() {
-            require(
-                s.url.starts_with("amqps://"),
-                key,
-                "TLS files need an `amqps://` url",
-            )?;
-        }
+        )?
+        .for_url(s.url.starts_with("amqps://"), "amqps://")?;
         Ok(())
     }
 

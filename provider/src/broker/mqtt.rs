@@ -135,10 +135,8 @@ impl MakeBroker for MakeMqtt {
             &mut s.ca_file,
             &mut s.cert_file,
             &mut s.key_file,
-        )?;
-        if let Some(key) = s.tls_files.given_key() {
-            require(tls, key, "TLS files need an `mqtts://` url")?;
-        }
+        )?
+        .for_url(tls, "mqtts://")?;
         Ok(())
     }
 
@@ -155,10 +153,7 @@ impl MakeBroker for MakeMqtt {
 
     async fn connect(&self, name: &str, s: &MqttSettings) -> anyhow::Result<Arc<dyn Broker>> {
         let (host, port, tls) = host_port(&s.url).map_err(|e| anyhow::anyhow!(e.message))?;
-        let tls = match tls {
-            true => Some(s.tls_files.client_config()?),
-            false => None,
-        };
+        let tls = tls.then(|| s.tls_files.client_config()).transpose()?;
         let settings = Arc::new(LinkSettings {
             link: name.into(),
             host,

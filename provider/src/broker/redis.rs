@@ -87,14 +87,8 @@ impl MakeBroker for MakeRedis {
             &mut s.ca_file,
             &mut s.cert_file,
             &mut s.key_file,
-        )?;
-        if let Some(key) = s.tls_files.given_key() {
-            require(
-                s.url.starts_with("rediss://"),
-                key,
-                "TLS files need a `rediss://` url",
-            )?;
-        }
+        )?
+        .for_url(s.url.starts_with("rediss://"), "rediss://")?;
         Ok(())
     }
 

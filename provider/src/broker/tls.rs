@@ -55,8 +55,19 @@ impl TlsFiles {
         Ok(TlsFiles { ca, client })
     }
 
-    /// Whether any file was given, for links that refuse them on a
-    /// plaintext URL; names the first such key.
+    /// Refuses TLS files on a plaintext URL: `tls` says whether the URL is
+    /// a TLS one, `scheme` is the scheme that would make it so.
+    pub fn for_url(self, tls: bool, scheme: &str) -> Result<TlsFiles, Invalid> {
+        match self.given_key() {
+            Some(key) if !tls => Err(Invalid::new(
+                key,
+                format!("TLS files need `url` to start with {scheme}"),
+            )),
+            _ => Ok(self),
+        }
+    }
+
+    /// The first TLS file's key, if any file was given.
     pub fn given_key(&self) -> Option<&'static str> {
         if self.ca.is_some() {
             Some("ca_file")
