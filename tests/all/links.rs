@@ -126,7 +126,7 @@ pub async fn reconnects(mut server: PrivateServer, settings: &str) {
 
 /// While the link's server is away: publishing to the link fails fast, for
 /// the host and for a guest, and channels on other links are served.
-async fn served_while_away(
+pub async fn served_while_away(
     provider: &messaging_provider::Provider,
     app: &messaging_provider::dispatch::AppRuntime,
     results: &mut Watch,
