@@ -16,7 +16,7 @@ use messaging_provider::cloudevents::Event;
 use messaging_provider::host::bindings::Channel;
 use messaging_provider::host::{
     CacheSetting, ComponentOutput, Host, HostOptions, InstanceIdentity, MessagingCtx,
-    MessagingError,
+    MessagingError, PoolSize,
 };
 use messaging_provider::{Provider, ProviderOptions};
 use std::path::{Path, PathBuf};
@@ -58,11 +58,17 @@ fn order(i: usize) -> Event {
 }
 
 async fn per_message(pooling: bool, wasm: &Path, n: usize) -> Duration {
-    let host = Host::new(HostOptions {
-        pooling,
-        cache: CacheSetting::Default,
-        ..HostOptions::default()
-    })
+    let host = Host::new(
+        HostOptions {
+            pooling,
+            cache: CacheSetting::Default,
+            ..HostOptions::default()
+        },
+        PoolSize {
+            instances: 64,
+            max_memory: 64 << 20,
+        },
+    )
     .unwrap();
     let component = host.prepare(wasm).unwrap();
     let who = InstanceIdentity {
@@ -71,19 +77,14 @@ async fn per_message(pooling: bool, wasm: &Path, n: usize) -> Duration {
         environment: vec![],
         messaging: Arc::new(Sink),
         output: ComponentOutput::console("bench", "relay"),
+        max_memory: 64 << 20,
     };
     for i in 0..50 {
-        host.handle(&component, &who, order(i))
-            .await
-            .unwrap()
-            .unwrap();
+        host.handle(&component, &who, order(i)).await.unwrap();
     }
     let start = Instant::now();
     for i in 0..n {
-        host.handle(&component, &who, order(i))
-            .await
-            .unwrap()
-            .unwrap();
+        host.handle(&component, &who, order(i)).await.unwrap();
     }
     start.elapsed() / n as u32
 }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// One app: its channels and the components that handle them.
 #[derive(Clone, Debug)]
@@ -58,6 +59,8 @@ pub struct Channel {
     /// How many times a delivery is handed to a failing handler before it is
     /// dead-lettered.
     pub max_attempts: u32,
+    /// How long to wait before trying a failed event again.
+    pub retry: RetryPolicy,
     /// Where events go after `max_attempts` failures; without it they are
     /// logged in full, as the last resort.
     pub dead_letter: Option<String>,
@@ -80,6 +83,29 @@ pub struct ComponentSpec {
     pub max_in_flight: usize,
     /// Environment variables granted to it (`[component.<id>] environment`).
     pub environment: Vec<(String, String)>,
+    /// The largest its instances' linear memory may grow, in bytes.
+    pub max_memory: u64,
+}
+
+/// The waits between attempts: `delay` after the first failure, doubled
+/// after each further one, never more than `max_delay`. Long enough by
+/// default to ride out a broker restart when the failure was the broker's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The wait after the first failure.
+    pub delay: Duration,
+    /// The longest wait.
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait after `failures` failures (1 for the first).
+    pub fn after(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(31);
+        self.delay
+            .saturating_mul(1 << doublings)
+            .min(self.max_delay)
+    }
 }
 
 impl ComponentSpec {
@@ -91,8 +117,33 @@ impl ComponentSpec {
 
 /// Defaults the manifest can override.
 pub mod defaults {
+    use std::time::Duration;
+
     /// Deliveries handed to a failing handler before dead-lettering.
     pub const MAX_ATTEMPTS: u32 = 3;
     /// Concurrent handlers per component.
     pub const MAX_IN_FLIGHT: usize = 64;
+    /// The wait after a handler's first failure.
+    pub const RETRY_DELAY: Duration = Duration::from_secs(1);
+    /// The longest wait between attempts.
+    pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+    /// The memory limit of one instance: 64 MiB.
+    pub const MAX_MEMORY: u64 = 64 << 20;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_waits_double_up_to_their_limit() {
+        let policy = RetryPolicy {
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(10),
+        };
+        let waits: Vec<u64> = (1..=6).map(|n| policy.after(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(policy.after(0), Duration::from_secs(1));
+        assert_eq!(policy.after(u32::MAX), Duration::from_secs(10));
+    }
 }

@@ -261,7 +261,6 @@ impl RunArgs {
             },
             pooling: !self.disable_pooling,
             handler_timeout: self.handler_timeout,
-            ..HostOptions::default()
         };
         let output = OutputOptions {
             follow: match (self.quiet, self.follow.is_empty()) {
@@ -353,16 +352,12 @@ async fn run(options: ProviderOptions, args: &RunArgs) -> anyhow::Result<()> {
     let provider = Provider::load(options).await?;
     print!("{}", provider.summary());
     provider.start().await?;
-    let server = match args.listen {
+    let endpoint = match args.listen {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
+            let listener = std::net::TcpListener::bind(addr)
                 .with_context(|| format!("cannot listen on {addr}"))?;
             println!("Listening on http://{}", listener.local_addr()?);
-            let app = crate::http::router(&provider);
-            Some(tokio::spawn(
-                async move { axum::serve(listener, app).await },
-            ))
+            Some(crate::http::Endpoint::start(listener, &provider)?)
         }
         None => None,
     };
@@ -372,10 +367,11 @@ async fn run(options: ProviderOptions, args: &RunArgs) -> anyhow::Result<()> {
         "stopping: no new messages are taken; waiting up to {} for handlers under way",
         humantime::format_duration(args.shutdown_timeout)
     );
-    if let Some(server) = server {
-        server.abort();
+    if let Some(endpoint) = &endpoint {
+        endpoint.stopping();
     }
     let report = provider.shutdown(args.shutdown_timeout).await;
+    drop(endpoint);
     if report.drained {
         tracing::info!("stopped cleanly");
     } else {

@@ -8,6 +8,9 @@
 //!   the channel as server-sent events, one JSON format document each.
 //!
 //! Errors answer with a status and `{"error": "...", "case": "..."}`.
+//!
+//! The endpoint runs on a thread of its own with its own async runtime, so
+//! that handlers keeping the main runtime's workers busy never delay it.
 
 use crate::cloudevents::{self, json};
 use crate::dispatch::AppRuntime;
@@ -24,18 +27,93 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The route the endpoints live under.
 pub const CHANNEL_ROUTE: &str = "/v1/apps/{app}/channels/{channel}";
 
-type Apps = Arc<BTreeMap<String, Arc<AppRuntime>>>;
+/// What every request sees: the apps, and whether the provider is stopping.
+#[derive(Clone)]
+struct Shared {
+    apps: Arc<BTreeMap<String, Arc<AppRuntime>>>,
+    stopping: CancellationToken,
+}
 
 /// The endpoint's routes, serving the provider's apps.
 pub fn router(provider: &Provider) -> Router {
-    let apps: Apps = Arc::new(provider.apps().clone());
+    router_with(provider, CancellationToken::new())
+}
+
+fn router_with(provider: &Provider, stopping: CancellationToken) -> Router {
+    let shared = Shared {
+        apps: Arc::new(provider.apps().clone()),
+        stopping,
+    };
     Router::new()
         .route(CHANNEL_ROUTE, get(watch).post(publish))
-        .with_state(apps)
+        .with_state(shared)
+}
+
+/// The endpoint serving on its own thread.
+pub struct Endpoint {
+    stopping: CancellationToken,
+    close: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Endpoint {
+    /// Serves the provider's apps on `listener` from a thread of its own.
+    pub fn start(listener: std::net::TcpListener, provider: &Provider) -> anyhow::Result<Endpoint> {
+        listener.set_nonblocking(true)?;
+        let stopping = CancellationToken::new();
+        let router = router_with(provider, stopping.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (close, closed) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("http-endpoint".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let serve = async {
+                        let listener = tokio::net::TcpListener::from_std(listener)?;
+                        axum::serve(listener, router).await
+                    };
+                    tokio::select! {
+                        served = serve => if let Err(e) = served {
+                            tracing::error!("the HTTP endpoint stopped: {e}");
+                        },
+                        _ = closed => {}
+                    }
+                });
+                // Open watches end with the runtime.
+                runtime.shutdown_timeout(Duration::from_millis(100));
+            })?;
+        Ok(Endpoint {
+            stopping,
+            close: Some(close),
+            thread: Some(thread),
+        })
+    }
+
+    /// The provider is stopping: publishes are refused (503); watches go on,
+    /// so watchers see what handlers still publish while they drain.
+    pub fn stopping(&self) {
+        self.stopping.cancel();
+    }
+}
+
+impl Drop for Endpoint {
+    /// Stops serving and ends open watches.
+    fn drop(&mut self) {
+        self.stopping.cancel();
+        if let Some(close) = self.close.take() {
+            let _ = close.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// An error answer: a status and a JSON body that says what is wrong.
@@ -65,7 +143,10 @@ impl From<MessagingError> for ApiError {
     }
 }
 
-fn find_app(apps: &Apps, name: &str) -> Result<Arc<AppRuntime>, ApiError> {
+fn find_app(
+    apps: &BTreeMap<String, Arc<AppRuntime>>,
+    name: &str,
+) -> Result<Arc<AppRuntime>, ApiError> {
     apps.get(name).cloned().ok_or_else(|| {
         let known: Vec<&str> = apps.keys().map(String::as_str).collect();
         ApiError(
@@ -77,12 +158,19 @@ fn find_app(apps: &Apps, name: &str) -> Result<Arc<AppRuntime>, ApiError> {
 }
 
 async fn publish(
-    State(apps): State<Apps>,
+    State(shared): State<Shared>,
     Path((app, channel)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let app = find_app(&apps, &app)?;
+    if shared.stopping.is_cancelled() {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the provider is stopping and takes no new events".into(),
+            "service-unavailable",
+        ));
+    }
+    let app = find_app(&shared.apps, &app)?;
     let event = cloudevents::http::decode(&headers, &body)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e, "unsupported-message-format"))?;
     app.publish_external(&channel, &event).await?;
@@ -91,10 +179,10 @@ async fn publish(
 }
 
 async fn watch(
-    State(apps): State<Apps>,
+    State(shared): State<Shared>,
     Path((app, channel)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let app = find_app(&apps, &app)?;
+    let app = find_app(&shared.apps, &app)?;
     let subscription = app.watch(&channel).await?;
     // A first comment tells the client the subscription is in place.
     let opened = futures::stream::once(async {

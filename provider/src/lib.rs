@@ -14,6 +14,7 @@ pub mod app;
 pub mod broker;
 pub mod cli;
 pub mod cloudevents;
+pub mod config;
 pub mod dispatch;
 pub mod host;
 pub mod http;

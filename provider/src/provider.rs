@@ -3,7 +3,7 @@
 use crate::app::App;
 use crate::broker::{Broker, LinkRegistry};
 use crate::dispatch::{AppRuntime, Dispatcher, DrainReport};
-use crate::host::{ComponentOutput, Host, HostOptions};
+use crate::host::{ComponentOutput, Host, HostOptions, PoolSize};
 use crate::manifest::{self, ConfigError, ConfigErrors, LockedAppLocation, RuntimeConfig};
 use anyhow::Context as _;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -131,7 +131,19 @@ impl Provider {
             None => load_apps(&options.manifests, &config)?,
         };
 
-        let host = Arc::new(Host::new(options.host.clone())?);
+        // Every component gets its own share of the instance pool: its
+        // `max_in_flight`. So no component waits for another's instances.
+        let components = apps.iter().flat_map(|a| &a.components);
+        let pool = PoolSize {
+            instances: components
+                .clone()
+                .map(|c| c.max_in_flight)
+                .sum::<usize>()
+                .try_into()
+                .unwrap_or(u32::MAX),
+            max_memory: components.map(|c| c.max_memory).max().unwrap_or(0),
+        };
+        let host = Arc::new(Host::new(options.host.clone(), pool)?);
         let dispatcher = Dispatcher::new(host.clone());
 
         let mut links = BTreeMap::new();
@@ -163,14 +175,13 @@ impl Provider {
                 let output = options.output.output(&app, &c.id, app_count)?;
                 prepared.insert(c.id.clone(), (component, output));
             }
-            let app_links = app
-                .channels
-                .values()
-                .map(|c| (c.link.clone(), links[&c.link].1.clone()))
+            let app_links = links
+                .iter()
+                .map(|(name, (_, link))| (name.clone(), link.clone()))
                 .collect();
             runtimes.insert(
                 app.name.clone(),
-                AppRuntime::new(app, app_links, prepared, dispatcher.clone()),
+                AppRuntime::new(app, &app_links, prepared, dispatcher.clone())?,
             );
         }
         Ok(Provider {
@@ -180,10 +191,15 @@ impl Provider {
         })
     }
 
-    /// Declares queues and starts every subscription from the manifests.
+    /// Declares every app's channels, then starts every subscription from
+    /// the manifests: nothing consumes (and so nothing publishes from a
+    /// handler) before every channel is declared.
     pub async fn start(&self) -> anyhow::Result<()> {
         for app in self.apps.values() {
-            app.start().await?;
+            app.declare_channels().await?;
+        }
+        for app in self.apps.values() {
+            app.start_subscriptions().await?;
         }
         Ok(())
     }
@@ -255,8 +271,9 @@ impl Provider {
         out
     }
 
-    /// Stops taking messages, lets in-flight handlers finish within
-    /// `deadline`, then closes the links.
+    /// Stops taking messages, hands back what was taken but not started,
+    /// lets in-flight handlers finish within `deadline`, then closes the
+    /// links (sending the acknowledgements given).
     pub async fn shutdown(&self, deadline: std::time::Duration) -> DrainReport {
         let report = self.dispatcher.drain(deadline).await;
         for (_, link) in self.links.values() {

@@ -11,10 +11,7 @@ fn pika(args: &[&str]) -> Command {
 
 #[tokio::test]
 async fn a_foreign_client_publishes_plain_and_cloudevents_and_reads_ours() {
-    let base = format!(
-        "interop.{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    );
+    let base = unique("interop");
     let (app, rc) = app_on("type = \"amqp\"\n", &base);
     let provider = start(&[&app.manifest], Some(rc.path())).await;
     let mut results = watch(&provider, "linkapp", "results").await;
@@ -106,4 +103,30 @@ async fn amqp_starts_without_its_server_and_recovers_from_a_restart() {
         server.port
     );
     reconnects(server, &settings).await;
+}
+
+#[tokio::test]
+async fn a_queue_publish_no_queue_takes_fails_instead_of_vanishing() {
+    let link = crate::conformance::connect("type = \"amqp\"\n").await;
+    let address = unique("mandatory");
+    link.declare_queue(&address, &address).await.unwrap();
+    link.publish(&address, &event("kept", "t")).await.unwrap();
+    // Deleted behind the link's back: the broker would drop the event.
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["delete_queue", &address])
+        .output()
+        .expect("rabbitmqctl is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = link
+        .publish(&address, &event("dropped", "t"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, messaging_provider::broker::BrokerError::DeliveryFailed(m) if m.contains("no queue is bound")),
+        "{err}"
+    );
 }

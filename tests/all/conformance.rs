@@ -13,24 +13,12 @@ use std::time::Duration;
 
 /// Connects the link `under_test` defined by a runtime-config table body.
 pub async fn connect(settings: &str) -> Arc<dyn Broker> {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        file.path(),
-        format!("[messaging_link.under_test]\n{settings}"),
-    )
-    .unwrap();
+    let file = link_config("under_test", settings);
     let config = RuntimeConfig::load(Some(file.path()), &LinkRegistry::default()).unwrap();
     config.links["under_test"]
         .connect("under_test")
         .await
         .unwrap()
-}
-
-fn unique(case: &str) -> String {
-    format!(
-        "conformance.{case}.{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
 }
 
 fn full_event(id: &str) -> Event {
@@ -70,7 +58,8 @@ async fn settle() {
 }
 
 pub async fn round_trip_keeps_every_attribute(link: Arc<dyn Broker>) {
-    let address = unique("roundtrip");
+    let address = unique("conformance.roundtrip");
+    link.declare_topic(&address).await.unwrap();
     let mut sub = link
         .subscribe(&address, SubscribeMode::Topic)
         .await
@@ -91,7 +80,7 @@ pub async fn round_trip_keeps_every_attribute(link: Arc<dyn Broker>) {
 }
 
 pub async fn queue_members_compete_and_topic_subscribers_each_get_all(link: Arc<dyn Broker>) {
-    let address = unique("kinds");
+    let address = unique("conformance.kinds");
     let group = format!("{address}.group");
     link.declare_queue(&address, &group).await.unwrap();
     let mut q1 = link
@@ -162,7 +151,8 @@ async fn drain(sub: &mut Box<dyn Subscription>) -> Vec<String> {
 }
 
 pub async fn unsubscribing_stops_delivery(link: Arc<dyn Broker>) {
-    let address = unique("unsub");
+    let address = unique("conformance.unsub");
+    link.declare_topic(&address).await.unwrap();
     let mut stays = link
         .subscribe(&address, SubscribeMode::Topic)
         .await
@@ -195,7 +185,7 @@ pub async fn unsubscribing_stops_delivery(link: Arc<dyn Broker>) {
 }
 
 pub async fn a_nacked_queue_event_is_redelivered(link: Arc<dyn Broker>) {
-    let address = unique("redeliver");
+    let address = unique("conformance.redeliver");
     let group = format!("{address}.group");
     link.declare_queue(&address, &group).await.unwrap();
     let mut q = link
@@ -213,7 +203,7 @@ pub async fn a_nacked_queue_event_is_redelivered(link: Arc<dyn Broker>) {
         .unwrap();
     let (e, attempt, ack) = next(&mut q, "the first delivery").await;
     assert_eq!((e.id.as_str(), attempt), ("r1", 1));
-    ack.nack().await.unwrap();
+    ack.nack(Duration::ZERO).await.unwrap();
     let (e, attempt, ack) = next(&mut q, "the redelivery").await;
     assert_eq!((e.id.as_str(), attempt), ("r1", 2));
     ack.ack().await.unwrap();
@@ -221,7 +211,7 @@ pub async fn a_nacked_queue_event_is_redelivered(link: Arc<dyn Broker>) {
 }
 
 pub async fn a_nacked_event_is_not_redelivered_at_most_once(link: Arc<dyn Broker>) {
-    let address = unique("atmostonce");
+    let address = unique("conformance.atmostonce");
     let group = format!("{address}.group");
     let mut q = link
         .subscribe(&address, SubscribeMode::Queue { group })
@@ -233,12 +223,12 @@ pub async fn a_nacked_event_is_not_redelivered_at_most_once(link: Arc<dyn Broker
         .unwrap();
     let (e, attempt, ack) = next(&mut q, "the delivery").await;
     assert_eq!((e.id.as_str(), attempt), ("m1", 1));
-    ack.nack().await.unwrap();
+    ack.nack(Duration::ZERO).await.unwrap();
     nothing(&mut q, Duration::from_millis(500)).await;
 }
 
 pub async fn a_declared_queue_keeps_events_for_its_first_consumer(link: Arc<dyn Broker>) {
-    let address = unique("durable");
+    let address = unique("conformance.durable");
     let group = format!("{address}.group");
     link.declare_queue(&address, &group).await.unwrap();
     link.publish(&address, &Event::new("d1", "urn:conformance", "t"))
@@ -253,15 +243,105 @@ pub async fn a_declared_queue_keeps_events_for_its_first_consumer(link: Arc<dyn 
     assert_eq!(e.id, "d1");
 }
 
+/// A nack with a delay: the event comes back no sooner, counted as the next
+/// attempt.
+pub async fn a_nack_with_a_delay_comes_back_after_it(link: Arc<dyn Broker>) {
+    let address = unique("conformance.delay");
+    let group = format!("{address}.group");
+    link.declare_queue(&address, &group).await.unwrap();
+    let mut q = link
+        .subscribe(&address, SubscribeMode::Queue { group })
+        .await
+        .unwrap();
+    settle().await;
+    link.publish(&address, &Event::new("n1", "urn:conformance", "t"))
+        .await
+        .unwrap();
+    let (_, attempt, ack) = next(&mut q, "the first delivery").await;
+    assert_eq!(attempt, 1);
+    let delay = Duration::from_millis(1500);
+    let nacked = std::time::Instant::now();
+    ack.nack(delay).await.unwrap();
+    let (e, attempt, ack) = next(&mut q, "the redelivery").await;
+    let waited = nacked.elapsed();
+    ack.ack().await.unwrap();
+    assert_eq!((e.id.as_str(), attempt), ("n1", 2));
+    assert!(
+        waited >= delay - Duration::from_millis(100),
+        "back after {waited:?}"
+    );
+    nothing(&mut q, Duration::from_millis(500)).await;
+}
+
+/// Stopping a subscription: `next` yields what the link had already taken
+/// and then ends, promptly; nothing is lost. What is handed back reaches
+/// another consumer at once (the link's own redelivery timeouts are 30 s
+/// here), and what cannot be handed back was all yielded.
+pub async fn stopping_yields_what_was_taken_and_loses_nothing(link: Arc<dyn Broker>) {
+    let address = unique("conformance.stop");
+    let group = format!("{address}.group");
+    link.declare_queue(&address, &group).await.unwrap();
+    let mode = SubscribeMode::Queue {
+        group: group.clone(),
+    };
+    let mut q = link.subscribe(&address, mode.clone()).await.unwrap();
+    settle().await;
+    let n = 20;
+    for i in 0..n {
+        link.publish(
+            &address,
+            &Event::new(format!("s{i}"), "urn:conformance", "t"),
+        )
+        .await
+        .unwrap();
+    }
+    let (first, _, ack) = next(&mut q, "the first event").await;
+    ack.ack().await.unwrap();
+    settle().await;
+    q.stop().await;
+    let mut handled = std::collections::BTreeSet::from([first.id]);
+    let mut handed_back = 0;
+    loop {
+        let d = tokio::time::timeout(Duration::from_secs(5), q.next())
+            .await
+            .expect("a stopped subscription ends promptly");
+        let Some(d) = d else { break };
+        if d.redelivers() {
+            let (_, _, ack) = d.into_parts();
+            ack.nack(Duration::ZERO).await.unwrap();
+            handed_back += 1;
+        } else {
+            let (e, _, ack) = d.into_parts();
+            ack.ack().await.unwrap();
+            handled.insert(e.id);
+        }
+    }
+    drop(q);
+    if handled.len() < n {
+        // The rest is in the broker, or was handed back: another consumer
+        // gets it now, not after a redelivery timeout.
+        let mut other = link.subscribe(&address, mode).await.unwrap();
+        while handled.len() < n {
+            let (e, _, ack) = tokio::time::timeout(Duration::from_secs(5), other.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{} of {n} events handled, {handed_back} handed back: the rest did not come at once",
+                        handled.len()
+                    )
+                })
+                .expect("the subscription is open")
+                .into_parts();
+            ack.ack().await.unwrap();
+            handled.insert(e.id);
+        }
+    }
+}
+
 /// A guest receives from and publishes to channels on the link.
 pub async fn a_guest_round_trips_through_the_link(settings: &str) {
-    let rc = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        rc.path(),
-        format!("[messaging_link.under_test]\n{settings}"),
-    )
-    .unwrap();
-    let base = unique("guest");
+    let rc = link_config("under_test", settings);
+    let base = unique("conformance.guest");
     let app = write_app(&format!(
         r#"spin_manifest_version = 2
 [application]
@@ -313,9 +393,16 @@ macro_rules! conformance {
                 super::a_guest_round_trips_through_the_link(SETTINGS).await;
             }
             #[tokio::test]
+            async fn stopping_yields_what_was_taken_and_loses_nothing() {
+                let patient = SETTINGS.replace("\"2s\"", "\"30s\"");
+                super::stopping_yields_what_was_taken_and_loses_nothing(connect(&patient).await)
+                    .await;
+            }
+            #[tokio::test]
             async fn delivery_guarantee_is_kept() {
                 if $alo {
                     super::a_nacked_queue_event_is_redelivered(connect(SETTINGS).await).await;
+                    super::a_nack_with_a_delay_comes_back_after_it(connect(SETTINGS).await).await;
                 } else {
                     super::a_nacked_event_is_not_redelivered_at_most_once(connect(SETTINGS).await)
                         .await;

@@ -118,7 +118,7 @@ async fn a_nacked_event_is_redelivered_with_its_attempt_counted() {
     b.publish("x", &ev("once")).await.unwrap();
     let (e, attempt, ack) = sub.next().await.unwrap().into_parts();
     assert_eq!((e.id.as_str(), attempt), ("once", 1));
-    ack.nack().await.unwrap();
+    ack.nack(Duration::ZERO).await.unwrap();
     assert_eq!(next_id(&mut sub).await, ("once".to_string(), 2));
 }
 

@@ -4,7 +4,7 @@
 
 use crate::support::*;
 use messaging_provider::cloudevents::Event;
-use messaging_provider::host::{CacheSetting, Host, HostOptions};
+use messaging_provider::host::{CacheSetting, Host, HostOptions, PoolSize};
 use std::time::Duration;
 
 fn command(id: &str, ty: &str, subject: &str) -> Event {
@@ -295,6 +295,25 @@ subscribe = ["news", "jobs"]"#,
     assert_eq!(case, "ok", "{m}");
 }
 
+/// Starts a provider whose handlers may run for `timeout` only.
+async fn start_with_handler_timeout(
+    manifest: &std::path::Path,
+    timeout: Duration,
+) -> messaging_provider::Provider {
+    let provider = messaging_provider::Provider::load(messaging_provider::ProviderOptions {
+        manifests: vec![manifest.to_path_buf()],
+        host: HostOptions {
+            handler_timeout: timeout,
+            ..test_host()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    provider.start().await.unwrap();
+    provider
+}
+
 #[tokio::test]
 async fn a_trap_or_a_runaway_guest_does_not_stop_the_next_message() {
     let app = probe_app("faults", "", r#"publish = ["results"]"#);
@@ -303,22 +322,44 @@ async fn a_trap_or_a_runaway_guest_does_not_stop_the_next_message() {
         "kind = \"queue\", max_attempts = 1, address",
     );
     std::fs::write(&app.manifest, text).unwrap();
-    let provider = messaging_provider::Provider::load(messaging_provider::ProviderOptions {
-        manifests: vec![app.manifest.clone()],
-        host: HostOptions {
-            handler_timeout: Duration::from_millis(500),
-            ..test_host()
-        },
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    provider.start().await.unwrap();
+    let provider = start_with_handler_timeout(&app.manifest, Duration::from_millis(500)).await;
     let mut results = watch(&provider, "faults", "results").await;
     send(&provider, "faults", "inbox", event("t1", "probe.trap")).await;
     send(&provider, "faults", "inbox", event("t2", "probe.spin")).await;
     send(&provider, "faults", "inbox", event("t3", "after.faults")).await;
     results.next_with_id("t3").await;
+}
+
+#[tokio::test]
+async fn a_guest_waiting_in_a_host_call_is_stopped_at_the_handler_timeout() {
+    // A sleeping guest runs no wasm, so no epoch check stops it: the
+    // timeout around the whole call does.
+    let app = probe_app(
+        "sleepy",
+        r#"dlq = { kind = "topic", address = "sleepy.dlq" }"#,
+        r#"publish = ["results"]"#,
+    );
+    let text = std::fs::read_to_string(&app.manifest).unwrap().replace(
+        "kind = \"queue\", address",
+        "kind = \"queue\", max_attempts = 1, dead_letter = \"dlq\", address",
+    );
+    std::fs::write(&app.manifest, text).unwrap();
+    let provider = start_with_handler_timeout(&app.manifest, Duration::from_millis(500)).await;
+    let mut dlq = watch(&provider, "sleepy", "dlq").await;
+    let mut long_sleep = event("zz", "probe.sleep");
+    long_sleep.data = Some(b"60000".to_vec());
+    let sent = std::time::Instant::now();
+    send(&provider, "sleepy", "inbox", long_sleep).await;
+    let (_, cause) = dead_letter_parts(&dlq.next("the timed-out event").await);
+    assert!(
+        cause["deadlettererror"].contains("longer than the handler timeout of 500ms"),
+        "{cause:?}"
+    );
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "stopped after {:?}",
+        sent.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -355,11 +396,15 @@ async fn compiled_components_are_cached_across_restarts() {
     };
     let probe = &guests().probe;
 
-    let first = Host::new(options()).unwrap();
+    let pool = PoolSize {
+        instances: 4,
+        max_memory: 64 << 20,
+    };
+    let first = Host::new(options(), pool).unwrap();
     first.prepare(probe).unwrap();
     assert_eq!(first.cache_hits(), Some(0));
     drop(first);
-    let second = Host::new(options()).unwrap();
+    let second = Host::new(options(), pool).unwrap();
     second.prepare(probe).unwrap();
     assert_eq!(second.cache_hits(), Some(1), "a restart must not recompile");
 }

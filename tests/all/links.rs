@@ -3,6 +3,7 @@
 //! killed and restarted, and two provider processes sharing a queue channel.
 
 use crate::support::*;
+use messaging_provider::broker::SubscribeMode;
 use messaging_provider::host::MessagingError;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,8 +11,7 @@ use std::time::{Duration, Instant};
 /// A probe app with local `inbox`/`results` channels and two channels on
 /// the link `bus`: `feed` (subscribed) and `out` (published to).
 pub fn app_on(rc_link: &str, base: &str) -> (AppDir, tempfile::NamedTempFile) {
-    let rc = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(rc.path(), format!("[messaging_link.bus]\n{rc_link}")).unwrap();
+    let rc = link_config("bus", rc_link);
     let app = write_app(&format!(
         r#"spin_manifest_version = 2
 [application]
@@ -81,6 +81,49 @@ impl PrivateServer {
         self.child = Some(child);
     }
 
+    /// Stops the server as an operator would (SIGTERM to everything it
+    /// started), and waits for it to exit; killed if it takes over 30 s.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", "--", &format!("-{}", c.id())])
+                .status();
+            let start = Instant::now();
+            while c.try_wait().unwrap().is_none() {
+                if start.elapsed() > Duration::from_secs(30) {
+                    self.child = Some(c);
+                    return self.kill();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // Children of the server (RabbitMQ's) go with its process group.
+            let _ = Command::new("kill")
+                .args(["-9", "--", &format!("-{}", c.id())])
+                .status();
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is
+    /// answered, so requests time out rather than fail.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(c) = &self.child {
+            let status = Command::new("kill")
+                .args([signal, "--", &format!("-{}", c.id())])
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill {signal}");
+        }
+    }
+
     /// Kills the server and everything it started, at once (SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -104,10 +147,7 @@ impl Drop for PrivateServer {
 /// back, the link's subscriptions come alive. `server` is not started yet;
 /// `settings` makes the link's runtime config for its port.
 pub async fn reconnects(mut server: PrivateServer, settings: &str) {
-    let base = format!(
-        "reconnect.{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    );
+    let base = unique("reconnect");
     let (app, rc) = app_on(settings, &base);
     let provider = start(&[&app.manifest], Some(rc.path())).await;
     let app = provider.app("linkapp").unwrap().clone();
@@ -180,12 +220,8 @@ async fn recovers(app: &messaging_provider::dispatch::AppRuntime, results: &mut 
 /// Two provider processes consume one queue channel: each event is handled
 /// exactly once between them.
 pub async fn two_processes_share_a_queue(link: &str, expect_both_take_part: bool) {
-    let base = format!(
-        "shared.{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    );
-    let rc = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(rc.path(), format!("[messaging_link.bus]\n{link}")).unwrap();
+    let base = unique("shared");
+    let rc = link_config("bus", link);
     let manifest = |who: &str| {
         write_app(&format!(
             r#"spin_manifest_version = 2
@@ -214,6 +250,7 @@ environment = {{ PROBE_NAME = "{who}" }}
     // (Redis) put the events in the queue.
     let work = format!("{base}.work");
     bus.declare_queue(&work, &work).await.unwrap();
+    bus.declare_topic(&format!("{base}.results")).await.unwrap();
     let mut results = bus
         .subscribe(
             &format!("{base}.results"),
@@ -265,5 +302,112 @@ environment = {{ PROBE_NAME = "{who}" }}
     for p in [&mut first, &mut second] {
         p.terminate();
         assert_eq!(p.wait_exit(Duration::from_secs(15)), 0);
+    }
+}
+
+/// Handlers publish to a link whose server is away (from the start, then
+/// killed and restarted mid-stream, then frozen so that publishes time out
+/// instead of failing): their failures use up no attempts, so
+/// nothing is dead-lettered, and every event gets through once the server is
+/// back. Fewer than five handlers fail in a row in each phase, so that the
+/// circuit breaker (which would slow the retries down) plays no part.
+/// `settings` makes the link's runtime config for the server's port.
+pub async fn a_broker_outage_uses_up_no_attempts(mut server: PrivateServer, settings: &str) {
+    let base = unique("outage");
+    let rc = link_config("bus", settings);
+    let app = write_app(&format!(
+        r#"spin_manifest_version = 2
+[application]
+name = "outage"
+[application.trigger.messaging.channels]
+inbox = {{ kind = "queue", address = "{base}.inbox", max_attempts = 2, retry_delay = "100ms", max_retry_delay = "1s", dead_letter = "dlq" }}
+dlq = {{ kind = "topic", address = "{base}.dlq" }}
+out = {{ kind = "queue", link = "bus", address = "{base}.out" }}
+[[trigger.messaging]]
+component = "probe"
+subscriptions = ["inbox"]
+publish = ["out"]
+[component.probe]
+source = "{{probe}}"
+"#
+    ));
+    let provider = start(&[&app.manifest], Some(rc.path())).await;
+    let mut dlq = watch(&provider, "outage", "dlq").await;
+    let forward = |id: String| {
+        let mut e = event(&id, "probe.forward");
+        e.subject = Some("queue:out".into());
+        e
+    };
+
+    // Away from the start: many times `max_attempts` of retry delays pass.
+    for i in 0..2 {
+        send(&provider, "outage", "inbox", forward(format!("early-{i}"))).await;
+    }
+    dlq.expect_nothing(Duration::from_secs(3)).await;
+    server.restart();
+    let bus = provider.link("bus").unwrap().clone();
+    let out = format!("{base}.out");
+    let mut sub = None;
+    for _ in 0..100 {
+        if bus.declare_queue(&out, &out).await.is_ok() {
+            sub = Some(
+                bus.subscribe(&out, SubscribeMode::Queue { group: out.clone() })
+                    .await
+                    .unwrap(),
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut sub = sub.expect("the link reconnects");
+    let mut seen = std::collections::BTreeSet::new();
+    take_distinct(&mut sub, &mut seen, 2).await;
+
+    // Killed and restarted under a stream of events.
+    for i in 0..10 {
+        if i == 4 {
+            server.kill();
+        }
+        send(&provider, "outage", "inbox", forward(format!("during-{i}"))).await;
+        if i == 5 {
+            dlq.expect_nothing(Duration::from_secs(1)).await;
+            server.restart();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    take_distinct(&mut sub, &mut seen, 12).await;
+
+    // Frozen: publishes are not refused, they go unanswered.
+    server.freeze();
+    for i in 0..2 {
+        send(&provider, "outage", "inbox", forward(format!("frozen-{i}"))).await;
+    }
+    dlq.expect_nothing(Duration::from_secs(4)).await;
+    server.thaw();
+    take_distinct(&mut sub, &mut seen, 14).await;
+    dlq.expect_nothing(Duration::from_millis(500)).await;
+    provider.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Takes (and acknowledges) deliveries until `expected` distinct event ids
+/// were seen.
+pub async fn take_distinct(
+    sub: &mut Box<dyn messaging_provider::broker::Subscription>,
+    seen: &mut std::collections::BTreeSet<String>,
+    expected: usize,
+) {
+    while seen.len() < expected {
+        let d = tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {expected} events got through: {seen:?}",
+                    seen.len()
+                )
+            })
+            .unwrap();
+        let (e, _, ack) = d.into_parts();
+        ack.ack().await.unwrap();
+        seen.insert(e.id);
     }
 }

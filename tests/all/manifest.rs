@@ -180,6 +180,96 @@ source = \"does/not/exist.wasm\"
 }
 
 #[test]
+fn delivery_and_isolation_settings_are_checked_against_their_ranges() {
+    let (app, errors) = errors_of(&format!(
+        "{HEAD}[application.trigger.messaging.channels.orders]
+kind = \"queue\"
+max_attempts = 0
+retry_delay = \"1ms\"
+[application.trigger.messaging.channels.bills]
+kind = \"queue\"
+max_attempts = 5000
+retry_delay = \"10s\"
+max_retry_delay = \"1s\"
+[application.trigger.messaging.channels.notes]
+kind = \"queue\"
+max_retry_delay = \"2h\"
+[[trigger.messaging]]
+component = \"small\"
+subscriptions = [\"orders\"]
+max_memory = \"512 KiB\"
+max_in_flight = 5000
+[[trigger.messaging]]
+component = \"huge\"
+max_memory = \"8 GiB\"
+[component.small]
+source = \"{{probe}}\"
+[component.huge]
+source = \"{{probe}}\"
+"
+    ));
+    let at =
+        |key: &str, line: usize, text: &str| assert_error(&errors, &app.manifest, key, line, text);
+    let channel = "application.trigger.messaging.channels";
+    at(
+        &format!("{channel}.orders.max_attempts"),
+        6,
+        "between 1 and 1000",
+    );
+    at(
+        &format!("{channel}.orders.retry_delay"),
+        7,
+        "between 10ms and 1h",
+    );
+    at(
+        &format!("{channel}.bills.max_attempts"),
+        10,
+        "between 1 and 1000",
+    );
+    at(
+        &format!("{channel}.bills.max_retry_delay"),
+        12,
+        "between `retry_delay` (10s) and 1h",
+    );
+    at(
+        &format!("{channel}.notes.max_retry_delay"),
+        15,
+        "between `retry_delay` (1s) and 1h",
+    );
+    at(
+        "trigger.messaging[0].max_memory",
+        19,
+        "between 1 MiB and 4 GiB",
+    );
+    at(
+        "trigger.messaging[0].max_in_flight",
+        20,
+        "between 1 and 1024",
+    );
+    at(
+        "trigger.messaging[1].max_memory",
+        23,
+        "between 1 MiB and 4 GiB",
+    );
+
+    let (app, errors) = errors_of(&format!(
+        "{HEAD}[[trigger.messaging]]
+component = \"p\"
+max_memory = \"lots\"
+[component.p]
+source = \"{{probe}}\"
+"
+    ));
+    assert_error(
+        &errors,
+        &app.manifest,
+        "trigger.messaging[0].max_memory",
+        6,
+        "lots",
+    );
+}
+
+#[test]
 fn an_app_without_messaging_triggers_is_refused() {
     let (app, errors) = errors_of(HEAD);
     assert_eq!(errors[0].file, app.manifest);
@@ -289,6 +379,30 @@ fn runtime_config_mistakes_are_located() {
             "must be at least 1",
         ),
         ("type = \"nats\"\nuser = \"u\"\n", "user", 3, "go together"),
+        (
+            "type = \"nats\"\nbatch = 0\n",
+            "batch",
+            3,
+            "between 1 and 10000",
+        ),
+        (
+            "type = \"nats\"\nack_wait = \"10ms\"\n",
+            "ack_wait",
+            3,
+            "between 1s and 24h",
+        ),
+        (
+            "type = \"redis\"\nclaim_after = \"0s\"\n",
+            "claim_after",
+            3,
+            "between 1s and 24h",
+        ),
+        (
+            "type = \"redis\"\nbatch = 100000\n",
+            "batch",
+            3,
+            "between 1 and 10000",
+        ),
     ] {
         let (f, errors) = runtime_config_errors(&format!("[messaging_link.a]\n{settings}"));
         assert_error(

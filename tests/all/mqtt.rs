@@ -75,10 +75,7 @@ async fn a_qos1_flood_loses_nothing() {
 
 #[tokio::test]
 async fn mosquitto_clients_publish_plain_and_cloudevents_and_read_ours() {
-    let base = format!(
-        "interop/{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    );
+    let base = unique("interop");
     let (app, rc) = crate::links::app_on("type = \"mqtt\"\n", &base);
     let provider = start(&[&app.manifest], Some(rc.path())).await;
     let mut results = watch(&provider, "linkapp", "results").await;

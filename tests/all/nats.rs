@@ -8,7 +8,7 @@ use crate::support::*;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn nats_server(port: u16, store: &std::path::Path) -> Command {
+pub fn nats_server(port: u16, store: &std::path::Path) -> Command {
     let mut c = Command::new("/usr/sbin/nats-server");
     c.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(store);
@@ -30,10 +30,7 @@ fn python(args: &[&str]) -> Command {
 
 #[tokio::test]
 async fn a_foreign_client_publishes_plain_and_cloudevents_and_reads_ours() {
-    let base = format!(
-        "interop.{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    );
+    let base = unique("interop");
     let (app, rc) = app_on("type = \"nats\"\n", &base);
     let provider = start(&[&app.manifest], Some(rc.path())).await;
 
@@ -112,11 +109,18 @@ async fn jetstream_starts_without_its_server_and_recovers_from_a_restart() {
 }
 
 #[tokio::test]
-async fn the_servers_max_payload_surfaces_before_sending() {
-    let base = format!(
-        "maxpayload.{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
+async fn a_jetstream_outage_uses_up_no_attempts() {
+    let server = PrivateServer::not_started(nats_server);
+    let settings = format!(
+        "type = \"nats\"\njetstream = true\nurl = \"nats://127.0.0.1:{}\"\npublish_timeout = \"1s\"\n",
+        server.port
     );
+    crate::links::a_broker_outage_uses_up_no_attempts(server, &settings).await;
+}
+
+#[tokio::test]
+async fn the_servers_max_payload_surfaces_before_sending() {
+    let base = unique("maxpayload");
     let (app, rc) = app_on("type = \"nats\"\n", &base);
     let provider = start(&[&app.manifest], Some(rc.path())).await;
     let limit = provider

@@ -22,7 +22,21 @@ fn redis_cli(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A private Redis that keeps nothing across a restart.
 fn redis_server(port: u16, dir: &std::path::Path) -> Command {
+    redis_server_appending(port, dir, "no")
+}
+
+/// A private Redis that keeps its data across a restart: it writes its
+/// append-only file before it answers, so a killed process loses nothing it
+/// acknowledged (a machine crash could lose a second's worth).
+pub fn redis_server_persistent(port: u16, dir: &std::path::Path) -> Command {
+    let mut c = redis_server_appending(port, dir, "yes");
+    c.args(["--appendfsync", "everysec"]);
+    c
+}
+
+fn redis_server_appending(port: u16, dir: &std::path::Path, appendonly: &str) -> Command {
     let mut c = Command::new("redis-server");
     c.args([
         "--bind",
@@ -31,20 +45,15 @@ fn redis_server(port: u16, dir: &std::path::Path) -> Command {
         &port.to_string(),
         "--save",
         "",
-        "--appendonly",
-        "no",
-        "--dir",
     ])
+    .args(["--appendonly", appendonly, "--dir"])
     .arg(dir);
     c
 }
 
 #[tokio::test]
 async fn redis_cli_publishes_plain_and_cloudevents_and_reads_ours() {
-    let base = format!(
-        "interop.{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    );
+    let base = unique("interop");
     let rc = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(rc.path(), "[messaging_link.bus]\ntype = \"redis\"\n").unwrap();
     let app = write_app(&format!(
@@ -163,13 +172,23 @@ async fn redis_starts_without_its_server_and_recovers_from_a_restart() {
 }
 
 #[tokio::test]
+async fn a_redis_outage_uses_up_no_attempts() {
+    let server = PrivateServer::not_started(redis_server_persistent);
+    let settings = format!(
+        "type = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\npublish_timeout = \"1s\"\n",
+        server.port
+    );
+    crate::links::a_broker_outage_uses_up_no_attempts(server, &settings).await;
+}
+
+#[tokio::test]
 async fn two_processes_share_a_redis_stream_queue() {
     two_processes_share_a_queue("type = \"redis\"\n", false).await;
 }
 
 #[test]
 fn an_address_cannot_be_both_a_topic_and_a_queue() {
-    let base = format!("clash.{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let base = unique("clash");
     let (app, rc) = app_on("type = \"redis\"\n", &base);
     let text = std::fs::read_to_string(&app.manifest)
         .unwrap()
@@ -188,4 +207,22 @@ fn an_address_cannot_be_both_a_topic_and_a_queue() {
         "stderr",
         "is used both as a topic (pub/sub) and as a queue (stream)",
     );
+}
+
+#[tokio::test]
+async fn an_address_nobody_declared_is_refused_rather_than_guessed() {
+    let link = crate::conformance::connect("type = \"redis\"\n").await;
+    let address = unique("undeclared");
+    let err = link.publish(&address, &event("e1", "t")).await.unwrap_err();
+    assert!(err.to_string().contains("is not declared"), "{err}");
+    let err = link
+        .subscribe(&address, messaging_provider::broker::SubscribeMode::Topic)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("is not declared"), "{err}");
+    link.declare_queue(&address, &address).await.unwrap();
+    link.publish(&address, &event("e2", "t")).await.unwrap();
+    let len = redis_cli(&["XLEN", &address]);
+    assert_eq!(len.trim(), "1", "the event went to the stream");
 }

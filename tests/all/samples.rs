@@ -31,7 +31,15 @@ async fn the_relay_ships_orders_and_dead_letters_empty_ones() {
 
     let empty = event("o-2", "com.example.order.created");
     send(&provider, "relay", "orders", empty.clone()).await;
-    assert_eq!(rejected.next("the rejected order").await, empty);
+    let (original, cause) = dead_letter_parts(&rejected.next("the rejected order").await);
+    assert_eq!(original, empty);
+    assert_eq!(cause["deadletterattempts"], "3");
+    assert_eq!(cause["deadletterchannel"], "orders");
+    assert_eq!(cause["deadlettercomponent"], "relay");
+    assert!(
+        cause["deadlettererror"].contains("order o-2 has no data"),
+        "{cause:?}"
+    );
     shipments.expect_nothing(Duration::from_millis(300)).await;
 }
 

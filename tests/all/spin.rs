@@ -168,16 +168,6 @@ fn summary_without_paths(running: &Running) -> Vec<String> {
 }
 
 /// Publishes with `trigger-messaging publish` and expects it to succeed.
-fn cli_publish(args: &[&str]) {
-    let mut publish = run(&[&["publish"], args].concat());
-    assert_eq!(
-        publish.wait_exit(Duration::from_secs(30)),
-        0,
-        "{}",
-        publish.all()
-    );
-}
-
 fn publish_order(url: &str, id: &str) {
     cli_publish(&[
         "--url",
@@ -403,8 +393,7 @@ fn probe_lock(name: &str, trigger: &str) -> (AppDir, Value) {
 
 fn load_error(spin: &SpinUp) -> String {
     load_locked_app(&spin.location(), &|link| link == "default")
-        .err()
-        .expect("the locked app must be rejected")
+        .expect_err("the locked app must be rejected")
         .to_string()
 }
 

@@ -84,17 +84,29 @@ source = "{{probe}}"
     ))
 }
 
-/// Host options for tests: a small pool, so many providers fit in one process.
+/// Host options for tests: a short handler timeout.
 pub fn test_host() -> HostOptions {
     HostOptions {
-        max_instances: 16,
         handler_timeout: Duration::from_secs(5),
         ..HostOptions::default()
     }
 }
 
+/// The provider's log in tests: `RUST_LOG` (errors by default), shown with
+/// a failing test's output.
+pub fn init_logging() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 /// Loads a provider, not started yet.
 pub async fn load(manifests: &[&Path], runtime_config: Option<&Path>) -> Provider {
+    init_logging();
     Provider::load(ProviderOptions {
         manifests: manifests.iter().map(|p| p.to_path_buf()).collect(),
         runtime_config: runtime_config.map(Path::to_path_buf),
@@ -141,12 +153,45 @@ impl Watch {
         }
     }
 
+    /// The next dead letter for `id`: the event itself, or a letter that
+    /// wraps it (an invalid event), skipping others.
+    pub async fn next_with_id_or_wrapped(&mut self, id: &str) -> Event {
+        loop {
+            let e = self.next(id).await;
+            let wraps = e.ty == messaging_provider::dispatch::dead_letter::WRAPPED_TYPE
+                && messaging_provider::cloudevents::json::decode(
+                    e.data.as_deref().unwrap_or_default(),
+                )
+                .is_ok_and(|w| w.id == id);
+            if e.id == id || wraps {
+                return e;
+            }
+        }
+    }
+
     /// Asserts nothing arrives for `wait`.
     pub async fn expect_nothing(&mut self, wait: Duration) {
         if let Ok(Some(d)) = tokio::time::timeout(wait, self.0.next()).await {
             panic!("expected no event, got {:?}", d.event);
         }
     }
+}
+
+/// `prefix.` and a random suffix: broker-side names of a test's own, so
+/// tests sharing a broker stay apart.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}.{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// A runtime config binding the link `name` to `settings` (a link table's
+/// body), in a file of its own.
+pub fn link_config(name: &str, settings: &str) -> tempfile::NamedTempFile {
+    let rc = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(rc.path(), format!("[messaging_link.{name}]\n{settings}")).unwrap();
+    rc
 }
 
 /// An event with the given id and type, and a fixed source.
@@ -162,6 +207,19 @@ pub async fn send(provider: &Provider, app: &str, channel: &str, event: Event) {
         .publish_external(channel, &event)
         .await
         .unwrap_or_else(|e| panic!("publish to {app}/{channel} failed: {e}"));
+}
+
+/// A dead letter split into the event as it was sent and the attributes the
+/// provider added to say what happened (`deadletter*`, by name).
+pub fn dead_letter_parts(letter: &Event) -> (Event, std::collections::BTreeMap<String, String>) {
+    let mut original = letter.clone();
+    let (cause, kept) = letter
+        .extensions
+        .iter()
+        .cloned()
+        .partition(|(name, _)| name.starts_with("deadletter"));
+    original.extensions = kept;
+    (original, cause.into_iter().collect())
 }
 
 /// A probe result: (case, data).
@@ -300,6 +358,17 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Runs `trigger-messaging publish` with `args` and expects it to succeed.
+pub fn cli_publish(args: &[&str]) {
+    let mut publish = run(&[&["publish"], args].concat());
+    assert_eq!(
+        publish.wait_exit(Duration::from_secs(30)),
+        0,
+        "{}",
+        publish.all()
+    );
 }
 
 pub fn up(manifests: &[&Path], extra: &[&str]) -> (Running, String) {

@@ -85,7 +85,7 @@ fn pki() -> &'static Pki {
 /// An event published on the link's `feed` reaches the guest over the link
 /// and comes back on the local `results` channel.
 async fn round_trip(settings: &str) {
-    let base = format!("tls.{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let base = unique("tls");
     let (app, rc) = app_on(settings, &base);
     let provider = start(&[&app.manifest], Some(rc.path())).await;
     let mut results = watch(&provider, "linkapp", "results").await;

@@ -2,8 +2,18 @@
 //! one durable topic exchange with the address as routing key, with
 //! publisher confirms. A queue channel is a durable queue (named by its
 //! group) bound to the address, read by competing consumers with manual acks
-//! and a prefetch window; a topic subscriber gets an exclusive queue of its
-//! own. At least once for queues.
+//! and a prefetch window; publishes to it are mandatory, so an event no queue
+//! takes fails instead of vanishing. A topic subscriber gets an exclusive
+//! queue of its own. At least once for queues.
+//!
+//! Classic queues keep no delivery count, so a queue event handed back with a
+//! delay is republished (its bytes unchanged, plus a
+//! `trigger-messaging-attempt` header) to a delay queue of its group,
+//! `<group>.retry.<ms>ms`, whose messages expire after the delay back into
+//! the group's queue; the original is acknowledged once the broker confirmed
+//! the copy. The attempt is that header, plus one when RabbitMQ says a
+//! delivery came back unsettled (`redelivered`, or a quorum queue's
+//! `x-delivery-count`).
 //!
 //! The client connects at start (a broker that is down does not stop the
 //! start; the link connects on first use). After a connection loss the next
@@ -15,14 +25,15 @@ use super::{
     Acknowledge, Broker, BrokerError, Delivery, Invalid, MakeBroker, SubscribeMode, Subscription,
     redact_url, require,
 };
+use crate::cloudevents::ContentMode;
 use crate::cloudevents::Event;
 use crate::cloudevents::amqp::BINARY;
-use crate::cloudevents::nats::ContentMode;
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable};
@@ -30,9 +41,13 @@ use lapin::{
     Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 use serde::Deserialize;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The header that carries a republished event's attempt.
+const ATTEMPT_HEADER: &str = "trigger-messaging-attempt";
 
 /// Makes AMQP links.
 pub struct MakeAmqp;
@@ -108,6 +123,7 @@ impl MakeBroker for MakeAmqp {
             name: name.into(),
             settings: s.clone(),
             state: tokio::sync::Mutex::new(None),
+            queues: Mutex::default(),
         }));
         if let Err(e) = broker.0.publisher().await {
             tracing::warn!(link = %name, url = %redact_url(&s.url), "AMQP broker not reachable yet ({e}); connecting on first use");
@@ -125,6 +141,8 @@ struct Inner {
     settings: AmqpSettings,
     /// The connection and the confirm-mode channel publishes go through.
     state: tokio::sync::Mutex<Option<(Arc<Connection>, Channel)>>,
+    /// Addresses declared as queues: publishes to them are mandatory.
+    queues: Mutex<HashSet<String>>,
 }
 
 fn unavailable(link: &str, e: impl std::fmt::Display) -> BrokerError {
@@ -267,6 +285,100 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Publishes on the confirm-mode channel and waits for the broker's
+    /// confirm; a mandatory publish no queue took fails.
+    async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let (_, channel) = self.publisher().await?;
+        let timeout = self.settings.publish_timeout;
+        let confirm = async {
+            channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory,
+                        ..Default::default()
+                    },
+                    body,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        match tokio::time::timeout(timeout, confirm).await {
+            Err(_) => Err(BrokerError::unconfirmed("RabbitMQ", timeout)),
+            Ok(Err(e)) => Err(BrokerError::ConnectionLost(format!(
+                "AMQP link `{}`: {e}",
+                self.name
+            ))),
+            Ok(Ok(Confirmation::Nack(_))) => Err(BrokerError::DeliveryFailed(
+                "RabbitMQ refused the event (nack)".into(),
+            )),
+            Ok(Ok(Confirmation::Ack(Some(_)))) => Err(BrokerError::DeliveryFailed(format!(
+                "no queue is bound to `{routing_key}` on exchange `{exchange}` (was the queue deleted?)"
+            ))),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// Declares `<group>.retry.<ms>ms`, whose messages go back to the
+    /// group's queue after `delay`. Declared again on every use: that renews
+    /// its expiry, so an idle delay queue goes away on its own.
+    async fn delay_queue(&self, group: &str, delay: Duration) -> Result<String, BrokerError> {
+        let ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
+        let mut name = format!("{group}.retry.{ms}ms");
+        if name.len() > 255 {
+            // AMQP names are short strings; keep them so.
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(group.as_bytes());
+            let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            name = format!("trigger-messaging.retry.{hex}.{ms}ms");
+        }
+        let mut args = FieldTable::default();
+        args.insert("x-message-ttl".into(), AMQPValue::LongUInt(ms));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(group.into()),
+        );
+        args.insert(
+            "x-expires".into(),
+            AMQPValue::LongUInt(ms.saturating_add(3_600_000)),
+        );
+        let (conn, _) = self.publisher().await?;
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| unavailable(&self.name, e))?;
+        let declared = channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .map_err(|e| {
+                BrokerError::DeliveryFailed(format!("cannot declare the delay queue `{name}`: {e}"))
+            });
+        let _ = channel.close(200, "declared".into()).await;
+        declared.map(|_| name)
+    }
+}
+
 #[async_trait]
 impl Broker for AmqpBroker {
     fn max_payload(&self) -> Option<usize> {
@@ -275,7 +387,6 @@ impl Broker for AmqpBroker {
 
     async fn publish(&self, address: &str, event: &Event) -> Result<(), BrokerError> {
         let inner = &self.0;
-        let (_, channel) = inner.publisher().await?;
         let (headers, content_type, body) =
             BINARY.encode_message(event, inner.settings.content_mode);
         let mut table = FieldTable::default();
@@ -288,33 +399,16 @@ impl Broker for AmqpBroker {
         if let Some(ct) = content_type {
             properties = properties.with_content_type(ct.into());
         }
-        let timeout = inner.settings.publish_timeout;
-        let confirm = async {
-            channel
-                .basic_publish(
-                    inner.settings.exchange.as_str().into(),
-                    address.into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties,
-                )
-                .await?
-                .await
-        };
-        match tokio::time::timeout(timeout, confirm).await {
-            Err(_) => Err(BrokerError::DeliveryFailed(format!(
-                "RabbitMQ did not confirm within {}",
-                humantime::format_duration(timeout)
-            ))),
-            Ok(Err(e)) => Err(BrokerError::ConnectionLost(format!(
-                "AMQP link `{}`: {e}",
-                inner.name
-            ))),
-            Ok(Ok(Confirmation::Nack(_))) => Err(BrokerError::DeliveryFailed(
-                "RabbitMQ refused the event (nack)".into(),
-            )),
-            Ok(Ok(_)) => Ok(()),
-        }
+        let mandatory = inner.queues.lock().unwrap().contains(address);
+        inner
+            .publish_confirmed(
+                &inner.settings.exchange,
+                address,
+                mandatory,
+                &body,
+                properties,
+            )
+            .await
     }
 
     async fn declare_queue(&self, address: &str, group: &str) -> Result<(), BrokerError> {
@@ -325,6 +419,7 @@ impl Broker for AmqpBroker {
             .map_err(|e| unavailable(&self.0.name, e))?;
         self.0.bound_queue(&channel, address, Some(group)).await?;
         let _ = channel.close(200, "declared".into()).await;
+        self.0.queues.lock().unwrap().insert(address.to_string());
         Ok(())
     }
 
@@ -342,8 +437,9 @@ impl Broker for AmqpBroker {
             inner: self.0.clone(),
             address: address.into(),
             group,
-            channel,
+            channel: Arc::new(ChannelGuard(channel)),
             consumer: Some(consumer),
+            stopping: false,
         }))
     }
 
@@ -354,21 +450,15 @@ impl Broker for AmqpBroker {
     }
 }
 
-/// A consumer that re-creates itself (channel, queue, binding, consumer)
-/// after the connection is lost.
-struct AmqpSubscription {
-    inner: Arc<Inner>,
-    address: String,
-    group: Option<String>,
-    channel: Channel,
-    consumer: Option<lapin::Consumer>,
-}
+/// Closes a consumer's channel once the subscription and every delivery
+/// from it are done with it: closing it earlier would hand back deliveries
+/// whose handlers are still running (RabbitMQ requeues what a closed channel
+/// did not settle), and their events would be handled twice.
+struct ChannelGuard(Channel);
 
-impl Drop for AmqpSubscription {
-    /// Closing the channel cancels the consumer; unacknowledged deliveries go
-    /// back to the queue.
+impl Drop for ChannelGuard {
     fn drop(&mut self) {
-        let channel = self.channel.clone();
+        let channel = self.0.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 let _ = channel.close(200, "unsubscribed".into()).await;
@@ -377,19 +467,38 @@ impl Drop for AmqpSubscription {
     }
 }
 
-struct AmqpAck(Acker);
+/// A consumer that re-creates itself (channel, queue, binding, consumer)
+/// after the connection is lost.
+struct AmqpSubscription {
+    inner: Arc<Inner>,
+    address: String,
+    group: Option<String>,
+    channel: Arc<ChannelGuard>,
+    consumer: Option<lapin::Consumer>,
+    /// Set by `stop`: the consumer is cancelled and not re-created.
+    stopping: bool,
+}
 
-#[async_trait]
-impl Acknowledge for AmqpAck {
-    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        self.0
-            .ack(BasicAckOptions::default())
-            .await
-            .map(drop)
-            .map_err(|e| BrokerError::ConnectionLost(e.to_string()))
-    }
-    async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
-        self.0
+/// What a queue delivery needs to be republished with a delay.
+struct Republish {
+    inner: Arc<Inner>,
+    group: String,
+    attempt: u32,
+    body: Vec<u8>,
+    properties: BasicProperties,
+}
+
+struct AmqpAck {
+    acker: Acker,
+    /// Keeps the channel open until the delivery is settled.
+    _channel: Arc<ChannelGuard>,
+    /// For queue deliveries: a nack with a delay republishes.
+    republish: Option<Republish>,
+}
+
+impl AmqpAck {
+    async fn requeue(&self) -> Result<(), BrokerError> {
+        self.acker
             .nack(BasicNackOptions {
                 requeue: true,
                 multiple: false,
@@ -398,6 +507,70 @@ impl Acknowledge for AmqpAck {
             .map(drop)
             .map_err(|e| BrokerError::ConnectionLost(e.to_string()))
     }
+
+    /// Publishes a copy for the next attempt to the group's delay queue.
+    async fn delay(&self, r: &Republish, delay: Duration) -> Result<(), BrokerError> {
+        let queue = r.inner.delay_queue(&r.group, delay).await?;
+        let mut headers = r.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            ATTEMPT_HEADER.into(),
+            AMQPValue::LongUInt(r.attempt.saturating_add(1)),
+        );
+        let properties = r.properties.clone().with_headers(headers);
+        r.inner
+            .publish_confirmed("", &queue, true, &r.body, properties)
+            .await
+    }
+}
+
+#[async_trait]
+impl Acknowledge for AmqpAck {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        self.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map(drop)
+            .map_err(|e| BrokerError::ConnectionLost(e.to_string()))
+    }
+
+    async fn nack(self: Box<Self>, delay: Duration) -> Result<(), BrokerError> {
+        let Some(r) = self.republish.as_ref().filter(|_| !delay.is_zero()) else {
+            return self.requeue().await;
+        };
+        match self.delay(r, delay).await {
+            Ok(()) => self.ack().await,
+            Err(e) => {
+                // Without the delay queue, hold the delivery for the delay
+                // and requeue it: never straight back into a tight loop.
+                tracing::warn!(link = %r.inner.name, group = %r.group, "cannot republish with a delay ({e}); requeueing after it instead");
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = self.requeue().await;
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn redelivers(&self) -> bool {
+        self.republish.is_some()
+    }
+}
+
+/// An AMQP header as a count, whatever integer type the sender chose.
+fn count(value: &AMQPValue) -> Option<u32> {
+    let n: i128 = match value {
+        AMQPValue::ShortShortInt(n) => (*n).into(),
+        AMQPValue::ShortShortUInt(n) => (*n).into(),
+        AMQPValue::ShortInt(n) => (*n).into(),
+        AMQPValue::ShortUInt(n) => (*n).into(),
+        AMQPValue::LongInt(n) => (*n).into(),
+        AMQPValue::LongUInt(n) => (*n).into(),
+        AMQPValue::LongLongInt(n) => (*n).into(),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok()?,
+        _ => return None,
+    };
+    Some(u32::try_from(n.max(0)).unwrap_or(u32::MAX))
 }
 
 impl AmqpSubscription {
@@ -405,16 +578,17 @@ impl AmqpSubscription {
         let link = &self.inner.name;
         let props = &delivery.properties;
         let mut headers = Vec::new();
-        let mut delivery_count = None;
+        let (mut carried, mut returned) = (None, None);
         if let Some(table) = props.headers() {
             for (k, v) in table.inner() {
+                match k.as_str() {
+                    ATTEMPT_HEADER => carried = count(v),
+                    "x-delivery-count" => returned = count(v),
+                    _ => {}
+                }
                 let value = match v {
                     AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
                     AMQPValue::ShortString(s) => s.to_string(),
-                    AMQPValue::LongLongInt(n) if k.as_str() == "x-delivery-count" => {
-                        delivery_count = Some(*n as u32);
-                        continue;
-                    }
                     other => format!("{other:?}"),
                 };
                 headers.push((k.to_string(), value));
@@ -427,8 +601,21 @@ impl AmqpSubscription {
                 tracing::warn!(link = %link, "malformed CloudEvent ({e}); delivering it as a plain message");
                 Event::wrap_plain(link, &self.address, None, delivery.data.clone())
             });
-        let attempt = delivery_count.map_or(if delivery.redelivered { 2 } else { 1 }, |n| n + 1);
-        Delivery::new(event, attempt, Box::new(AmqpAck(delivery.acker)))
+        let returned = returned.unwrap_or(u32::from(delivery.redelivered));
+        let attempt = carried.unwrap_or(1).max(1).saturating_add(returned);
+        let republish = self.group.clone().map(|group| Republish {
+            inner: self.inner.clone(),
+            group,
+            attempt,
+            body: delivery.data,
+            properties: delivery.properties,
+        });
+        let ack = AmqpAck {
+            acker: delivery.acker,
+            _channel: self.channel.clone(),
+            republish,
+        };
+        Delivery::new(event, attempt, Box::new(ack))
     }
 }
 
@@ -442,11 +629,15 @@ impl Subscription for AmqpSubscription {
                     Some(Err(e)) => {
                         tracing::warn!(link = %self.inner.name, address = %self.address, "AMQP consumer: {e}; re-subscribing")
                     }
+                    None if self.stopping => return None,
                     None => {
                         tracing::warn!(link = %self.inner.name, address = %self.address, "AMQP consumer ended; re-subscribing")
                     }
                 }
                 self.consumer = None;
+            }
+            if self.stopping {
+                return None;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
             if let Ok((channel, consumer)) = self
@@ -455,8 +646,28 @@ impl Subscription for AmqpSubscription {
                 .await
             {
                 tracing::info!(link = %self.inner.name, address = %self.address, "AMQP consumer re-subscribed");
-                self.channel = channel;
+                self.channel = Arc::new(ChannelGuard(channel));
                 self.consumer = Some(consumer);
+            }
+        }
+    }
+
+    /// Cancels the consumer: what RabbitMQ already sent (up to `prefetch`)
+    /// still comes out of `next`, then the end.
+    async fn stop(&mut self) {
+        self.stopping = true;
+        if let Some(consumer) = &self.consumer {
+            let cancelled = self
+                .channel
+                .0
+                .basic_cancel(
+                    consumer.tag().as_str().into(),
+                    BasicCancelOptions::default(),
+                )
+                .await;
+            if cancelled.is_err() {
+                // The connection is gone: RabbitMQ requeued what we held.
+                self.consumer = None;
             }
         }
     }

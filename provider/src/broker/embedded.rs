@@ -1,8 +1,10 @@
 //! The embedded broker: in-process, the `default` link, so local development
 //! needs nothing installed. Queue groups and topic subscribers each have a
 //! bounded buffer; a publish waits for room in every buffer it goes to, up to
-//! `publish_timeout`, then fails without having delivered anything. Nothing is
-//! kept across restarts.
+//! `publish_timeout`, then fails without having delivered anything. A nacked
+//! event comes back after its delay with its attempt counted. Nothing is kept
+//! across restarts: what the buffers hold when the link closes is discarded,
+//! and the log says so, with the events' ids.
 
 use super::{
     Acknowledge, Broker, BrokerError, Delivery, Invalid, MakeBroker, SubscribeMode, Subscription,
@@ -247,19 +249,49 @@ impl Broker for EmbeddedBroker {
         Ok(Box::new(EmbeddedSubscription {
             lane,
             closed: self.inner.closed.clone(),
+            stopped: false,
             topic: topic_id.map(|id| (Arc::downgrade(&self.inner), address.to_string(), id)),
         }))
     }
 
     async fn close(&self) {
         self.inner.closed.cancel();
-        self.inner.addresses.lock().unwrap().clear();
+        let addresses = std::mem::take(&mut *self.inner.addresses.lock().unwrap());
+        let mut discarded = Vec::new();
+        // Queue groups outlive their consumers; a topic subscriber's buffer
+        // goes with its subscription.
+        for (address, a) in addresses {
+            for lane in a.groups.into_values() {
+                if let Ok(mut rx) = lane.rx.try_lock() {
+                    while let Ok(envelope) = rx.try_recv() {
+                        discarded.push(format!("{address}/{}", envelope.event.id));
+                    }
+                }
+            }
+        }
+        if !discarded.is_empty() {
+            const SHOWN: usize = 50;
+            let more = discarded.len().saturating_sub(SHOWN);
+            discarded.truncate(SHOWN);
+            tracing::warn!(
+                "the embedded broker keeps nothing across restarts: {} queued events not yet handled are discarded: {}{}",
+                discarded.len() + more,
+                discarded.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
 }
 
 struct EmbeddedSubscription {
     lane: Lane,
     closed: CancellationToken,
+    /// Set by `stop`: nothing more is taken from the lane.
+    stopped: bool,
     /// For a topic subscriber: where to remove it from when dropped.
     topic: Option<(Weak<Inner>, String, u64)>,
 }
@@ -267,7 +299,13 @@ struct EmbeddedSubscription {
 #[async_trait]
 impl Subscription for EmbeddedSubscription {
     async fn next(&mut self) -> Option<Delivery> {
+        if self.stopped {
+            // Events stay in the lane for the other members of the group.
+            return None;
+        }
+        // What the buffer holds comes out before the end.
         let envelope = tokio::select! {
+            biased;
             e = async { self.lane.rx.lock().await.recv().await } => e?,
             _ = self.closed.cancelled() => return None,
         };
@@ -278,6 +316,10 @@ impl Subscription for EmbeddedSubscription {
             envelope,
         };
         Some(Delivery::new(event, attempt, Box::new(ack)))
+    }
+
+    async fn stop(&mut self) {
+        self.stopped = true;
     }
 }
 
@@ -308,18 +350,26 @@ impl Acknowledge for EmbeddedAck {
         Ok(())
     }
 
-    async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
+    /// Requeues after `delay` from a task of its own, so that neither the
+    /// delay nor a full buffer holds up the caller.
+    async fn nack(self: Box<Self>, delay: Duration) -> Result<(), BrokerError> {
         let Envelope { event, attempt } = self.envelope;
-        self.requeue
-            .send(Envelope {
-                event,
-                attempt: attempt + 1,
-            })
-            .await
-            .map_err(|_| {
-                BrokerError::DeliveryFailed(
-                    "the subscriber is gone; the event cannot be redelivered".into(),
-                )
-            })
+        let envelope = Envelope {
+            event,
+            attempt: attempt.saturating_add(1),
+        };
+        let requeue = self.requeue;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let id = envelope.event.id.clone();
+            if requeue.send(envelope).await.is_err() {
+                tracing::warn!(event_id = %id, "the embedded broker closed before a handed-back event came round again; it is discarded");
+            }
+        });
+        Ok(())
+    }
+
+    fn redelivers(&self) -> bool {
+        true
     }
 }

@@ -9,12 +9,13 @@ pub mod redis;
 pub mod tls;
 
 use crate::cloudevents::Event;
-use crate::manifest::{ConfigError, KeyPath, TomlSource};
+use crate::config::{ConfigError, KeyPath, TomlSource};
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How a subscriber shares a channel's events with other subscribers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -47,9 +48,13 @@ pub enum BrokerError {
         /// The broker's limit.
         limit: usize,
     },
-    /// The broker did not take the event.
+    /// The broker answered, and did not take the event.
     #[error("delivery failed: {0}")]
     DeliveryFailed(String),
+    /// The broker did not answer in time (down, restarting or overloaded):
+    /// it may take the same request later.
+    #[error("{0}")]
+    TimedOut(String),
     /// The event cannot be put on this broker's wire.
     #[error("unsupported message format: {0}")]
     Format(String),
@@ -59,12 +64,21 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
-    /// Whether the broker may take the same request once it is reachable again.
+    /// Whether the broker may take the same request once it is reachable
+    /// again: it did not answer, rather than refuse.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            BrokerError::Unavailable(_) | BrokerError::ConnectionLost(_)
+            BrokerError::Unavailable(_) | BrokerError::ConnectionLost(_) | BrokerError::TimedOut(_)
         )
+    }
+
+    /// The error for a confirmation that did not come within `timeout`.
+    pub fn unconfirmed(broker: &str, timeout: std::time::Duration) -> BrokerError {
+        BrokerError::TimedOut(format!(
+            "{broker} did not confirm within {}",
+            humantime::format_duration(timeout)
+        ))
     }
 }
 
@@ -77,12 +91,16 @@ pub trait Broker: Send + Sync + 'static {
         None
     }
 
-    /// Publishes an event; returns once the broker took it (or failed, in
-    /// bounded time).
+    /// Publishes an event to an address declared with
+    /// [`Broker::declare_queue`] or [`Broker::declare_topic`]; returns once
+    /// the broker took it (or failed, in bounded time). A link that tells
+    /// queues from topics refuses an address it was not told about rather
+    /// than guess, since a wrong guess drops the event.
     async fn publish(&self, address: &str, event: &Event) -> Result<(), BrokerError>;
 
     /// Makes sure a queue group exists, so events published before its first
-    /// consumer joins are kept for it.
+    /// consumer joins are kept for it. Called before anything is published
+    /// to the address or subscribed to it.
     async fn declare_queue(&self, address: &str, group: &str) -> Result<(), BrokerError> {
         let _ = (address, group);
         Ok(())
@@ -102,7 +120,8 @@ pub trait Broker: Send + Sync + 'static {
         mode: SubscribeMode,
     ) -> Result<Box<dyn Subscription>, BrokerError>;
 
-    /// Closes the link; pending operations fail.
+    /// Closes the link: acknowledgements already given reach the broker
+    /// first, then pending operations fail.
     async fn close(&self) {}
 }
 
@@ -110,24 +129,54 @@ pub trait Broker: Send + Sync + 'static {
 #[async_trait]
 pub trait Subscription: Send {
     /// The next delivery; `None` once the subscription has ended for good.
+    /// Cancel-safe: dropping the future before it completes loses nothing,
+    /// so a caller may race it against a stop signal.
     async fn next(&mut self) -> Option<Delivery>;
+
+    /// Stops taking events from the broker, for a clean shutdown. `next`
+    /// then yields, promptly, what the link had already taken from the
+    /// broker (prefetched or buffered, never handed out), and `None` after
+    /// it, so that the dispatcher can hand those events back or handle them.
+    async fn stop(&mut self);
 }
 
 /// Settles a delivery with the broker.
 #[async_trait]
-pub trait Acknowledge: Send {
+pub trait Acknowledge: Send + Sync {
     /// The event was handled (or dead-lettered): the broker may forget it.
     async fn ack(self: Box<Self>) -> Result<(), BrokerError>;
-    /// The event was not handled: the broker should deliver it again where
-    /// the link promises at-least-once delivery.
-    async fn nack(self: Box<Self>) -> Result<(), BrokerError>;
+
+    /// Hands the event back, to be delivered again (to this or another
+    /// consumer, counted as the next attempt) no sooner than `delay`, or as
+    /// close to it as the broker allows. A link that cannot redeliver (see
+    /// [`Acknowledge::redelivers`]) forgets the event.
+    async fn nack(self: Box<Self>, delay: Duration) -> Result<(), BrokerError>;
+
+    /// Whether [`Acknowledge::nack`] brings the event back with its attempt
+    /// counted. Where it does not (links that deliver at most once), the
+    /// dispatcher keeps a failing event and retries it itself.
+    fn redelivers(&self) -> bool;
+
+    /// How often a delivery held for a long time (a long handler, retries
+    /// while a link is down) must be reported as still in progress so that
+    /// the broker does not give it to another consumer meanwhile; `None` when
+    /// the broker never takes a delivery back on its own.
+    fn keep_alive_every(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Reports the delivery as still in progress.
+    async fn keep_alive(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
 }
 
 /// One event handed to a subscriber, to be acknowledged once handled.
 pub struct Delivery {
     /// The event.
     pub event: Event,
-    /// 1 for the first delivery, higher for redeliveries.
+    /// Which delivery of the event this is, as the broker counts them where
+    /// it does (1 for the first): attempts survive redelivery.
     pub attempt: u32,
     ack: Box<dyn Acknowledge>,
 }
@@ -142,9 +191,15 @@ impl Delivery {
         }
     }
 
-    /// Splits the delivery into its event and its settlement handle.
+    /// Splits the delivery into its event, its attempt and its settlement.
     pub fn into_parts(self) -> (Event, u32, Box<dyn Acknowledge>) {
         (self.event, self.attempt, self.ack)
+    }
+
+    /// Whether the broker can take the event back (see
+    /// [`Acknowledge::redelivers`]).
+    pub fn redelivers(&self) -> bool {
+        self.ack.redelivers()
     }
 }
 
@@ -157,8 +212,11 @@ impl Acknowledge for NothingToSettle {
     async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
         Ok(())
     }
-    async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
+    async fn nack(self: Box<Self>, _: Duration) -> Result<(), BrokerError> {
         Ok(())
+    }
+    fn redelivers(&self) -> bool {
+        false
     }
 }
 
@@ -232,6 +290,26 @@ pub(crate) fn require(ok: bool, key: &'static str, message: &str) -> Result<(), 
     } else {
         Err(Invalid::new(key, message))
     }
+}
+
+/// Checks `batch`: how many messages a subscription takes per read.
+pub(crate) fn check_batch(batch: usize) -> Result<(), Invalid> {
+    require(
+        (1..=10_000).contains(&batch),
+        "batch",
+        "must be between 1 and 10000",
+    )
+}
+
+/// Checks a broker's redelivery timeout (`ack_wait`, `claim_after`): the
+/// dispatcher keeps a held delivery alive every third of it, and caps the
+/// delay of a nack at it.
+pub(crate) fn check_redelivery_timeout(
+    key: &'static str,
+    timeout: std::time::Duration,
+) -> Result<(), Invalid> {
+    let range = Duration::from_secs(1)..=Duration::from_secs(86_400);
+    require(range.contains(&timeout), key, "must be between 1s and 24h")
 }
 
 /// A link whose settings were read and checked, ready to connect.

@@ -21,10 +21,10 @@ use super::{
     Broker, BrokerError, Delivery, Invalid, MakeBroker, NothingToSettle, SubscribeMode,
     Subscription, require,
 };
+use crate::cloudevents::ContentMode;
 use crate::cloudevents::Event;
 use crate::cloudevents::json;
 use crate::cloudevents::mqtt::BINARY;
-use crate::cloudevents::nats::ContentMode;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -588,10 +588,10 @@ impl Broker for MqttBroker {
                 "MQTT link `{}` went down before the broker acknowledged",
                 self.settings.link
             ))),
-            Err(_) => Err(BrokerError::DeliveryFailed(format!(
-                "the MQTT broker did not acknowledge within {}",
-                humantime::format_duration(s.publish_timeout)
-            ))),
+            Err(_) => Err(BrokerError::unconfirmed(
+                "the MQTT broker",
+                s.publish_timeout,
+            )),
         }
     }
 
@@ -618,7 +618,7 @@ impl Broker for MqttBroker {
             link: self.settings.link.clone(),
             version: self.settings.s.version,
             events,
-            _conn: conn,
+            conn: Some(conn),
         }))
     }
 
@@ -634,7 +634,8 @@ struct MqttSubscription {
     link: String,
     version: MqttVersion,
     events: mpsc::Receiver<Ev>,
-    _conn: Conn,
+    /// The subscription's own connection; dropped (unsubscribed) on stop.
+    conn: Option<Conn>,
 }
 
 #[async_trait]
@@ -659,5 +660,12 @@ impl Subscription for MqttSubscription {
         };
         // Acknowledged to the broker on arrival (see the module docs).
         Some(Delivery::new(event, 1, Box::new(NothingToSettle)))
+    }
+
+    /// Unsubscribes and disconnects; the events already acknowledged into
+    /// the buffer still come out, to be handled before the process exits.
+    async fn stop(&mut self) {
+        self.events.close();
+        self.conn = None;
     }
 }

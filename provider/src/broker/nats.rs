@@ -1,7 +1,11 @@
 //! NATS links (`type = "nats"`): core NATS (a topic is a subject, a queue a
 //! queue group; at most once), or with `jetstream = true` a stream per
 //! address with explicit acks (a topic subscriber gets its own consumer, a
-//! queue's consumers share one durable consumer; at least once).
+//! queue's consumers share one durable consumer; at least once). JetStream
+//! counts deliveries (`num_delivered`, the attempt), takes a nack with a
+//! delay, and is told a held delivery is still in progress. Its consumers
+//! pull `batch` messages at a time, so that a subscription knows what it
+//! holds: on stop, what was pulled but not started is handed back at once.
 //!
 //! The client connects at start and, if the server is not there yet, keeps
 //! trying in the background; it reconnects with backoff and re-subscribes on
@@ -11,10 +15,11 @@
 use super::tls::TlsFiles;
 use super::{
     Acknowledge, Broker, BrokerError, Delivery, Invalid, MakeBroker, NothingToSettle,
-    SubscribeMode, Subscription, redact_url, require,
+    SubscribeMode, Subscription, check_batch, check_redelivery_timeout, redact_url, require,
 };
+use crate::cloudevents::ContentMode;
 use crate::cloudevents::Event;
-use crate::cloudevents::nats::{ContentMode, decode, encode};
+use crate::cloudevents::nats::{decode, encode};
 use async_nats::jetstream::{self, consumer::pull, stream};
 use async_nats::{HeaderMap, connection::State};
 use async_trait::async_trait;
@@ -70,6 +75,9 @@ pub struct NatsSettings {
     /// JetStream: streams are named this prefix + the address (dots become `_`).
     #[serde(default = "default_stream_prefix")]
     pub stream_prefix: String,
+    /// JetStream: messages a subscription pulls at a time.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
 }
 
 fn default_url() -> String {
@@ -81,6 +89,12 @@ fn default_ack_wait() -> Duration {
 fn default_stream_prefix() -> String {
     "MESSAGING_".into()
 }
+fn default_batch() -> usize {
+    32
+}
+
+/// How long one pull request waits for messages before the next one.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 #[async_trait]
 impl MakeBroker for MakeNats {
@@ -96,6 +110,8 @@ impl MakeBroker for MakeNats {
         if let Some(file) = &mut s.credentials_file {
             *file = config_dir.join(&*file);
         }
+        check_batch(s.batch)?;
+        check_redelivery_timeout("ack_wait", s.ack_wait)?;
         s.tls_files = TlsFiles::read(
             config_dir,
             &mut s.ca_file,
@@ -224,49 +240,85 @@ impl NatsBroker {
         }
     }
 
-    async fn stream(
-        &self,
-        js: &jetstream::Context,
-        address: &str,
-    ) -> Result<stream::Stream, BrokerError> {
-        let name = format!("{}{}", self.settings.stream_prefix, js_name(address));
-        let config = stream::Config {
-            name: name.clone(),
-            subjects: vec![address.to_string()],
-            ..Default::default()
-        };
-        let stream = js.get_or_create_stream(config).await.map_err(|e| {
-            BrokerError::Unavailable(format!("JetStream stream `{name}` for `{address}`: {e}"))
-        })?;
+    /// Makes sure the address's stream exists (publishing to a subject
+    /// without one fails).
+    async fn stream(&self, js: &jetstream::Context, address: &str) -> Result<(), BrokerError> {
+        self.source(js, address, None).stream().await?;
         self.streams.lock().unwrap().insert(address.to_string());
-        Ok(stream)
+        Ok(())
     }
 
-    async fn durable(
-        &self,
-        js: &jetstream::Context,
-        address: &str,
-        group: &str,
-    ) -> Result<pull::Stream, BrokerError> {
-        let stream = self.stream(js, address).await?;
-        let name = js_name(group);
-        let consumer: jetstream::consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: address.to_string(),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: self.settings.ack_wait,
-                    ..Default::default()
-                },
-            )
+    /// Where a subscription to `address` pulls from: the group's durable
+    /// consumer, or (no group) a consumer of its own that sees new messages.
+    fn source(&self, js: &jetstream::Context, address: &str, group: Option<&str>) -> JsSource {
+        let name = format!("{}{}", self.settings.stream_prefix, js_name(address));
+        let base = pull::Config {
+            filter_subject: address.to_string(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: self.settings.ack_wait,
+            ..Default::default()
+        };
+        let consumer = match group {
+            Some(group) => pull::Config {
+                durable_name: Some(js_name(group)),
+                ..base
+            },
+            None => pull::Config {
+                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                inactive_threshold: Duration::from_secs(60),
+                ..base
+            },
+        };
+        JsSource {
+            js: js.clone(),
+            stream: stream::Config {
+                name,
+                subjects: vec![address.to_string()],
+                ..Default::default()
+            },
+            consumer,
+        }
+    }
+}
+
+/// A JetStream consumer's stream and settings, kept so that a subscription
+/// can create the consumer again when the server lost it.
+#[derive(Clone)]
+struct JsSource {
+    js: jetstream::Context,
+    stream: stream::Config,
+    consumer: pull::Config,
+}
+
+impl JsSource {
+    async fn stream(&self) -> Result<stream::Stream, BrokerError> {
+        self.js
+            .get_or_create_stream(self.stream.clone())
             .await
-            .map_err(|e| BrokerError::Unavailable(format!("JetStream consumer `{name}`: {e}")))?;
-        consumer
-            .messages()
-            .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))
+            .map_err(|e| {
+                BrokerError::Unavailable(format!(
+                    "JetStream stream `{}` for `{}`: {e}",
+                    self.stream.name, self.consumer.filter_subject
+                ))
+            })
+    }
+
+    async fn consumer(&self) -> Result<jetstream::consumer::PullConsumer, BrokerError> {
+        let stream = self.stream().await?;
+        match &self.consumer.durable_name {
+            Some(name) => {
+                stream
+                    .get_or_create_consumer(name, self.consumer.clone())
+                    .await
+            }
+            None => stream.create_consumer(self.consumer.clone()).await,
+        }
+        .map_err(|e| {
+            BrokerError::Unavailable(format!(
+                "JetStream consumer for `{}`: {e}",
+                self.consumer.filter_subject
+            ))
+        })
     }
 }
 
@@ -311,12 +363,7 @@ impl Broker for NatsBroker {
         let (headers, body) = encode(event, self.settings.content_mode);
         let headers = headers_of(headers);
         let timeout = self.settings.publish_timeout;
-        let timed_out = || {
-            BrokerError::DeliveryFailed(format!(
-                "NATS did not confirm the publish to `{address}` within {}",
-                humantime::format_duration(timeout)
-            ))
-        };
+        let timed_out = || BrokerError::unconfirmed("NATS", timeout);
         match &self.js {
             None => {
                 self.client
@@ -336,15 +383,23 @@ impl Broker for NatsBroker {
                     .publish_with_headers(address.to_string(), headers, body.into())
                     .await
                     .map_err(|e| BrokerError::ConnectionLost(e.to_string()))?;
-                tokio::time::timeout(timeout, ack)
+                let stored = tokio::time::timeout(timeout, ack)
                     .await
-                    .map_err(|_| timed_out())?
-                    .map(drop)
-                    .map_err(|e| {
-                        BrokerError::DeliveryFailed(format!(
-                            "JetStream did not store the event: {e}"
-                        ))
-                    })
+                    .map_err(|_| timed_out())?;
+                stored.map(drop).map_err(|e| {
+                    use async_nats::jetstream::context::PublishErrorKind as Kind;
+                    let text = format!("JetStream did not store the event: {e}");
+                    match e.kind() {
+                        Kind::TimedOut => BrokerError::TimedOut(text),
+                        Kind::BrokenPipe => BrokerError::ConnectionLost(text),
+                        Kind::StreamNotFound => {
+                            // Gone from the server: made again by the next publish.
+                            self.streams.lock().unwrap().remove(address);
+                            BrokerError::Unavailable(text)
+                        }
+                        _ => BrokerError::DeliveryFailed(text),
+                    }
+                })
             }
         }
     }
@@ -352,7 +407,8 @@ impl Broker for NatsBroker {
     async fn declare_queue(&self, address: &str, group: &str) -> Result<(), BrokerError> {
         if let Some(js) = &self.js {
             self.check_connected()?;
-            drop(self.durable(js, address, group).await?);
+            self.source(js, address, Some(group)).consumer().await?;
+            self.streams.lock().unwrap().insert(address.to_string());
         }
         Ok(())
     }
@@ -363,51 +419,49 @@ impl Broker for NatsBroker {
         mode: SubscribeMode,
     ) -> Result<Box<dyn Subscription>, BrokerError> {
         let link = self.name.clone();
-        let address_owned = address.to_string();
-        match (&self.js, mode) {
-            (None, mode) => {
-                let subscriber = match mode {
-                    SubscribeMode::Topic => self.client.subscribe(address_owned.clone()).await,
-                    SubscribeMode::Queue { group } => {
-                        self.client
-                            .queue_subscribe(address_owned.clone(), group)
-                            .await
-                    }
+        let Some(js) = &self.js else {
+            let subscriber = match mode {
+                SubscribeMode::Topic => self.client.subscribe(address.to_string()).await,
+                SubscribeMode::Queue { group } => {
+                    self.client
+                        .queue_subscribe(address.to_string(), group)
+                        .await
                 }
-                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-                Ok(Box::new(CoreSubscription { link, subscriber }))
             }
-            (Some(js), SubscribeMode::Queue { group }) => {
-                self.check_connected()?;
-                let messages = self.durable(js, address, &group).await?;
-                Ok(Box::new(JsSubscription { link, messages }))
-            }
-            (Some(js), SubscribeMode::Topic) => {
-                self.check_connected()?;
-                let stream = self.stream(js, address).await?;
-                let consumer: jetstream::consumer::PullConsumer = stream
-                    .create_consumer(pull::Config {
-                        filter_subject: address_owned,
-                        deliver_policy: jetstream::consumer::DeliverPolicy::New,
-                        ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                        ack_wait: self.settings.ack_wait,
-                        inactive_threshold: Duration::from_secs(60),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| {
-                        BrokerError::Unavailable(format!("JetStream consumer for `{address}`: {e}"))
-                    })?;
-                let messages = consumer
-                    .messages()
-                    .await
-                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-                Ok(Box::new(JsSubscription { link, messages }))
-            }
-        }
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            return Ok(Box::new(CoreSubscription { link, subscriber }));
+        };
+        self.check_connected()?;
+        let group = match &mode {
+            SubscribeMode::Queue { group } => Some(group.as_str()),
+            SubscribeMode::Topic => None,
+        };
+        let source = self.source(js, address, group);
+        let consumer = source.consumer().await?;
+        Ok(Box::new(JsSubscription {
+            link,
+            source,
+            consumer: Some(consumer),
+            pulling: None,
+            batch: None,
+            size: self.settings.batch,
+            ack_wait: self.settings.ack_wait,
+            stopping: false,
+            failure: None,
+        }))
     }
 
+    /// Makes sure the acknowledgements given so far reached the server
+    /// before the connection closes (async-nats's `drain` only queues).
     async fn close(&self) {
+        let timeout = self.settings.publish_timeout;
+        if self.client.connection_state() == State::Connected
+            && tokio::time::timeout(timeout, self.client.flush())
+                .await
+                .is_err()
+        {
+            tracing::warn!(link = %self.name, "NATS did not confirm the last acknowledgements within {}; they may be redelivered", humantime::format_duration(timeout));
+        }
         let _ = self.client.drain().await;
     }
 }
@@ -430,28 +484,60 @@ impl Subscription for CoreSubscription {
         );
         Some(Delivery::new(event, 1, Box::new(NothingToSettle)))
     }
+
+    /// Unsubscribes; what async-nats already received still comes out.
+    async fn stop(&mut self) {
+        let _ = self.subscriber.unsubscribe().await;
+    }
 }
 
+/// Pulls `size` messages at a time from a consumer, re-creating the
+/// consumer (and its stream) when the server lost it. A pull request runs as
+/// a task the subscription keeps, so that a `next` dropped mid-request loses
+/// nothing: once sent, a request's messages are always read out.
 struct JsSubscription {
     link: String,
-    messages: pull::Stream,
+    source: JsSource,
+    consumer: Option<jetstream::consumer::PullConsumer>,
+    /// A pull request being sent.
+    pulling: Option<tokio::task::JoinHandle<Result<Pulled, BrokerError>>>,
+    /// The pull request under way.
+    batch: Option<pull::Batch>,
+    size: usize,
+    ack_wait: Duration,
+    /// Set by `stop`: no new pull request; the one under way is read out.
+    stopping: bool,
+    /// The last reason pulling failed, logged once per reason.
+    failure: Option<String>,
 }
 
-struct JsAck(jetstream::Message);
+type Pulled = (jetstream::consumer::PullConsumer, pull::Batch);
 
-#[async_trait]
-impl Acknowledge for JsAck {
-    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        self.0
-            .ack()
-            .await
-            .map_err(|e| BrokerError::ConnectionLost(e.to_string()))
-    }
-    async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
-        self.0
-            .ack_with(jetstream::AckKind::Nak(None))
-            .await
-            .map_err(|e| BrokerError::ConnectionLost(e.to_string()))
+async fn pull(
+    source: JsSource,
+    consumer: Option<jetstream::consumer::PullConsumer>,
+    size: usize,
+) -> Result<Pulled, BrokerError> {
+    let consumer = match consumer {
+        Some(consumer) => consumer,
+        None => source.consumer().await?,
+    };
+    let batch = consumer
+        .batch()
+        .max_messages(size)
+        .expires(PULL_EXPIRES)
+        .messages()
+        .await
+        .map_err(|e| BrokerError::Unavailable(format!("JetStream pull: {e}")))?;
+    Ok((consumer, batch))
+}
+
+impl JsSubscription {
+    fn failed(&mut self, reason: String) {
+        if self.failure.as_ref() != Some(&reason) {
+            tracing::warn!(link = %self.link, subject = %self.source.consumer.filter_subject, "JetStream subscription: {reason}; retrying");
+            self.failure = Some(reason);
+        }
     }
 }
 
@@ -459,27 +545,100 @@ impl Acknowledge for JsAck {
 impl Subscription for JsSubscription {
     async fn next(&mut self) -> Option<Delivery> {
         loop {
-            match self.messages.next().await? {
-                Ok(message) => {
-                    let attempt = message
-                        .info()
-                        .map(|i| i.delivered.max(1) as u32)
-                        .unwrap_or(1);
-                    let event = event_of(
-                        &self.link,
-                        message.subject.as_str(),
-                        message.headers.as_ref(),
-                        &message.payload,
-                    );
-                    return Some(Delivery::new(event, attempt, Box::new(JsAck(message))));
+            if let Some(batch) = &mut self.batch {
+                // A pull request ends on its own after PULL_EXPIRES; one lost
+                // with a server restart ends here.
+                match tokio::time::timeout(PULL_EXPIRES * 2, batch.next()).await {
+                    Ok(Some(Ok(message))) => {
+                        self.failure = None;
+                        let attempt = message
+                            .info()
+                            .map_or(1, |i| u32::try_from(i.delivered.max(1)).unwrap_or(u32::MAX));
+                        let event = event_of(
+                            &self.link,
+                            message.subject.as_str(),
+                            message.headers.as_ref(),
+                            &message.payload,
+                        );
+                        let ack = JsAck {
+                            message,
+                            ack_wait: self.ack_wait,
+                        };
+                        return Some(Delivery::new(event, attempt, Box::new(ack)));
+                    }
+                    Ok(Some(Err(e))) => {
+                        self.batch = None;
+                        self.consumer = None;
+                        self.failed(e.to_string());
+                    }
+                    Ok(None) | Err(_) => self.batch = None,
                 }
-                Err(e) => {
-                    // Missed heartbeats and the like while the server is away: the
-                    // stream keeps pulling once it is back.
-                    tracing::warn!(link = %self.link, "JetStream subscription: {e}");
+                continue;
+            }
+            let pulling = match &mut self.pulling {
+                Some(pulling) => pulling,
+                None if self.stopping => return None,
+                None => self.pulling.insert(tokio::spawn(pull(
+                    self.source.clone(),
+                    self.consumer.take(),
+                    self.size,
+                ))),
+            };
+            let pulled = pulling.await;
+            self.pulling = None;
+            match pulled {
+                Ok(Ok((consumer, batch))) => {
+                    self.consumer = Some(consumer);
+                    self.batch = Some(batch);
+                }
+                Ok(Err(e)) => {
+                    self.failed(e.to_string());
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
+                Err(e) => self.failed(format!("pull task failed: {e}")),
             }
         }
+    }
+
+    async fn stop(&mut self) {
+        self.stopping = true;
+    }
+}
+
+struct JsAck {
+    message: jetstream::Message,
+    ack_wait: Duration,
+}
+
+#[async_trait]
+impl Acknowledge for JsAck {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        self.message
+            .ack()
+            .await
+            .map_err(|e| BrokerError::ConnectionLost(e.to_string()))
+    }
+
+    async fn nack(self: Box<Self>, delay: Duration) -> Result<(), BrokerError> {
+        let delay = (!delay.is_zero()).then_some(delay);
+        self.message
+            .ack_with(jetstream::AckKind::Nak(delay))
+            .await
+            .map_err(|e| BrokerError::ConnectionLost(e.to_string()))
+    }
+
+    fn redelivers(&self) -> bool {
+        true
+    }
+
+    fn keep_alive_every(&self) -> Option<Duration> {
+        Some(self.ack_wait / 3)
+    }
+
+    async fn keep_alive(&self) -> Result<(), BrokerError> {
+        self.message
+            .ack_with(jetstream::AckKind::Progress)
+            .await
+            .map_err(|e| BrokerError::ConnectionLost(e.to_string()))
     }
 }

@@ -1,8 +1,11 @@
 //! Redis links (`type = "redis"`): a topic channel is a pub/sub channel (at
 //! most once); a queue channel is a stream read by a consumer group with
-//! XREADGROUP and settled with XACK (at least once: an entry not acknowledged
-//! is redelivered — at once after a nack, and to any consumer of the group
-//! once it has been idle for `claim_after`, e.g. after a crash).
+//! XREADGROUP and settled with XACK (at least once). An entry not
+//! acknowledged is taken over by any consumer of the group once it has been
+//! idle for `claim_after` (after a crash, say), and Redis counts its
+//! deliveries (the attempt). A nack sets the entry's idle time so that it
+//! becomes due after the nack's delay (at most `claim_after`), to whichever
+//! consumer looks first; a delivery held longer is kept fresh the same way.
 //!
 //! Commands go through a connection manager that reconnects on its own; each
 //! subscription has its own connection (reads block) and re-subscribes after
@@ -11,11 +14,11 @@
 use super::tls::TlsFiles;
 use super::{
     Acknowledge, Broker, BrokerError, Delivery, Invalid, MakeBroker, NothingToSettle,
-    SubscribeMode, Subscription, redact_url, require,
+    SubscribeMode, Subscription, check_batch, check_redelivery_timeout, redact_url,
 };
+use crate::cloudevents::ContentMode;
 use crate::cloudevents::Event;
 use crate::cloudevents::json;
-use crate::cloudevents::nats::ContentMode;
 use crate::cloudevents::redis::{decode_fields, encode_fields, structured_fields};
 use async_trait::async_trait;
 use futures::StreamExt as _;
@@ -81,7 +84,8 @@ impl MakeBroker for MakeRedis {
     type Settings = RedisSettings;
 
     fn check(s: &mut RedisSettings, config_dir: &Path) -> Result<(), Invalid> {
-        require(s.batch > 0, "batch", "must be at least 1")?;
+        check_batch(s.batch)?;
+        check_redelivery_timeout("claim_after", s.claim_after)?;
         s.tls_files = TlsFiles::read(
             config_dir,
             &mut s.ca_file,
@@ -161,6 +165,27 @@ struct RedisBroker {
     kinds: Mutex<HashMap<String, Kind>>,
 }
 
+/// Whether Redis may take the same command later: the connection is gone,
+/// or the server says so (still loading its data after a restart, a
+/// failover under way).
+fn answers_later(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind as Server};
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                Server::BusyLoading
+                    | Server::TryAgain
+                    | Server::ClusterDown
+                    | Server::MasterDown
+                    | Server::ReadOnly
+            )
+        )
+}
+
 fn unavailable(link: &str, e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(format!("Redis link `{link}`: {e}"))
 }
@@ -189,13 +214,20 @@ impl RedisBroker {
         }
     }
 
-    fn kind(&self, address: &str) -> Kind {
+    /// What a declared address is; an undeclared one is refused, since
+    /// guessing pub/sub for a queue would drop its events.
+    fn kind(&self, address: &str) -> Result<Kind, BrokerError> {
         self.kinds
             .lock()
             .unwrap()
             .get(address)
             .copied()
-            .unwrap_or(Kind::PubSub)
+            .ok_or_else(|| {
+                BrokerError::Other(format!(
+                    "`{address}` is not declared on Redis link `{}` as a queue (stream) or a topic (pub/sub)",
+                    self.name
+                ))
+            })
     }
 
     async fn ensure_group(&self, address: &str, group: &str) -> Result<(), BrokerError> {
@@ -222,9 +254,10 @@ impl Broker for RedisBroker {
     }
 
     async fn publish(&self, address: &str, event: &Event) -> Result<(), BrokerError> {
+        let kind = self.kind(address)?;
         let mut conn = self.conn().await?;
         let mut cmd;
-        match self.kind(address) {
+        match kind {
             Kind::PubSub => {
                 cmd = redis::cmd("PUBLISH");
                 cmd.arg(address).arg(json::encode(event));
@@ -244,15 +277,10 @@ impl Broker for RedisBroker {
         let timeout = self.settings.publish_timeout;
         tokio::time::timeout(timeout, cmd.query_async::<redis::Value>(&mut conn))
             .await
-            .map_err(|_| {
-                BrokerError::DeliveryFailed(format!(
-                    "Redis did not answer within {}",
-                    humantime::format_duration(timeout)
-                ))
-            })?
+            .map_err(|_| BrokerError::unconfirmed("Redis", timeout))?
             .map(drop)
             .map_err(|e| {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                if answers_later(&e) {
                     unavailable(&self.name, e)
                 } else {
                     BrokerError::DeliveryFailed(e.to_string())
@@ -275,12 +303,13 @@ impl Broker for RedisBroker {
         mode: SubscribeMode,
     ) -> Result<Box<dyn Subscription>, BrokerError> {
         let origin = (self.name.clone(), address.to_string());
-        match (mode, self.kind(address)) {
+        match (mode, self.kind(address)?) {
             (SubscribeMode::Topic, Kind::PubSub) => {
                 let mut sub = PubSubSubscription {
                     client: self.client.clone(),
                     origin,
                     stream: None,
+                    stopping: false,
                 };
                 sub.connect()
                     .await
@@ -312,6 +341,7 @@ impl Broker for RedisBroker {
                     origin,
                     last,
                     buffer: VecDeque::new(),
+                    stopping: false,
                 }))
             }
             (SubscribeMode::Queue { group }, _) => {
@@ -321,19 +351,25 @@ impl Broker for RedisBroker {
                     .await
                     .map_err(|e| unavailable(&self.name, e))?;
                 Ok(Box::new(GroupReader {
-                    conn,
+                    reads: GroupReads {
+                        conn,
+                        stream: origin.1.clone(),
+                        group,
+                        consumer: format!(
+                            "trigger-messaging-{}-{}",
+                            std::process::id(),
+                            uuid::Uuid::new_v4().simple()
+                        ),
+                        batch: self.settings.batch,
+                        claim_after: self.settings.claim_after,
+                    },
                     origin,
-                    group,
-                    consumer: format!(
-                        "trigger-messaging-{}-{}",
-                        std::process::id(),
-                        uuid::Uuid::new_v4().simple()
-                    ),
-                    batch: self.settings.batch,
-                    claim_after: self.settings.claim_after,
                     last_claim: Instant::now(),
+                    claim_cursor: None,
+                    reading: None,
                     buffer: VecDeque::new(),
-                    nacked: Arc::default(),
+                    stopping: false,
+                    failure: None,
                 }))
             }
         }
@@ -344,6 +380,8 @@ struct PubSubSubscription {
     client: redis::Client,
     origin: (String, String),
     stream: Option<redis::aio::PubSubStream>,
+    /// Set by `stop`.
+    stopping: bool,
 }
 
 impl PubSubSubscription {
@@ -358,6 +396,13 @@ impl PubSubSubscription {
 #[async_trait]
 impl Subscription for PubSubSubscription {
     async fn next(&mut self) -> Option<Delivery> {
+        if self.stopping {
+            // What the client already received, then the end.
+            let msg = futures::FutureExt::now_or_never(self.stream.as_mut()?.next()).flatten()?;
+            let event =
+                json::decode_or_wrap(msg.get_payload_bytes(), (&self.origin.0, &self.origin.1));
+            return Some(Delivery::new(event, 1, Box::new(NothingToSettle)));
+        }
         loop {
             if let Some(stream) = &mut self.stream
                 && let Some(msg) = stream.next().await
@@ -375,6 +420,10 @@ impl Subscription for PubSubSubscription {
                 tracing::info!(link = %self.origin.0, channel = %self.origin.1, "Redis pub/sub re-subscribed");
             }
         }
+    }
+
+    async fn stop(&mut self) {
+        self.stopping = true;
     }
 }
 
@@ -413,6 +462,8 @@ struct StreamWatch {
     origin: (String, String),
     last: String,
     buffer: VecDeque<Entry>,
+    /// Set by `stop`: the buffer is handed out, nothing more is read.
+    stopping: bool,
 }
 
 #[async_trait]
@@ -427,6 +478,9 @@ impl Subscription for StreamWatch {
                     Box::new(NothingToSettle),
                 ));
             }
+            if self.stopping {
+                return None;
+            }
             let read: redis::RedisResult<StreamReadReply> = redis::cmd("XREAD")
                 .arg("BLOCK")
                 .arg(BLOCK.as_millis() as u64)
@@ -438,40 +492,60 @@ impl Subscription for StreamWatch {
             match read {
                 Ok(reply) => self.buffer.extend(entries(reply)),
                 Err(e) => {
-                    tracing::warn!(link = %self.origin.0, stream = %self.origin.1, "Redis read failed: {e}");
+                    tracing::debug!(link = %self.origin.0, stream = %self.origin.1, "Redis read failed: {e}");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         }
     }
+
+    async fn stop(&mut self) {
+        self.stopping = true;
+    }
 }
 
+/// Reads a stream as one consumer of a group. Each read runs as a task the
+/// reader keeps, so that a `next` dropped mid-read loses nothing: the
+/// entries it read are handed out by the next call.
 struct GroupReader {
-    conn: ConnectionManager,
     origin: (String, String),
+    reads: GroupReads,
+    last_claim: Instant,
+    /// Where the scan for due entries goes on, while more may be due.
+    claim_cursor: Option<String>,
+    /// The read under way.
+    reading: Option<tokio::task::JoinHandle<redis::RedisResult<GroupRead>>>,
+    buffer: VecDeque<(Entry, u32)>,
+    /// Set by `stop`: nothing more is read; the buffer is handed out.
+    stopping: bool,
+    /// The last reason reading failed, logged once per reason.
+    failure: Option<String>,
+}
+
+/// What one read of a group brought: entries with their attempts, and where
+/// the scan for due entries goes on, when it is not over.
+type GroupRead = (Vec<(Entry, u32)>, Option<String>);
+
+/// What one read of a group needs.
+#[derive(Clone)]
+struct GroupReads {
+    conn: ConnectionManager,
+    stream: String,
     group: String,
     consumer: String,
     batch: usize,
     claim_after: Duration,
-    last_claim: Instant,
-    buffer: VecDeque<(Entry, u32)>,
-    /// Entries handed back with a nack, to read again at once.
-    nacked: Arc<Mutex<VecDeque<String>>>,
 }
 
-impl GroupReader {
-    /// Takes over entries: the given ids (nacked here), or any pending longer
-    /// than `claim_after` (their consumer is gone).
-    async fn claim(
-        &mut self,
-        ids: &[String],
-        min_idle: Duration,
-    ) -> redis::RedisResult<Vec<Entry>> {
+impl GroupReads {
+    /// Takes over entries found due (idle for `claim_after`: their consumer
+    /// is gone, or they were nacked), counting the delivery.
+    async fn claim(&mut self, ids: &[String]) -> redis::RedisResult<Vec<Entry>> {
         let mut cmd = redis::cmd("XCLAIM");
-        cmd.arg(&self.origin.1)
+        cmd.arg(&self.stream)
             .arg(&self.group)
             .arg(&self.consumer)
-            .arg(min_idle.as_millis() as u64);
+            .arg(0);
         for id in ids {
             cmd.arg(id);
         }
@@ -484,7 +558,7 @@ impl GroupReader {
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             let pending: redis::Value = redis::cmd("XPENDING")
-                .arg(&self.origin.1)
+                .arg(&self.stream)
                 .arg(&self.group)
                 .arg(&entry.0)
                 .arg(&entry.0)
@@ -505,40 +579,38 @@ impl GroupReader {
         Ok(out)
     }
 
-    async fn fill(&mut self) -> redis::RedisResult<()> {
-        let nacked: Vec<String> = self.nacked.lock().unwrap().drain(..).collect();
-        if !nacked.is_empty() {
-            let claimed = self.claim(&nacked, Duration::ZERO).await?;
-            let counted = self.attempts(claimed).await?;
-            self.buffer.extend(counted);
-            return Ok(());
-        }
-        if self.last_claim.elapsed() >= self.claim_after.min(Duration::from_secs(5)) {
-            self.last_claim = Instant::now();
+    /// Due entries, scanning the pending list from `claim_from`, else new
+    /// ones (blocking up to `BLOCK`). With the entries, where the scan of
+    /// the pending list goes on, when it is not over.
+    async fn read(mut self, claim_from: Option<String>) -> redis::RedisResult<GroupRead> {
+        if let Some(from) = claim_from {
             let reply: redis::Value = redis::cmd("XAUTOCLAIM")
-                .arg(&self.origin.1)
+                .arg(&self.stream)
                 .arg(&self.group)
                 .arg(&self.consumer)
-                .arg(self.claim_after.as_millis() as u64)
-                .arg("0-0")
+                .arg(u64::try_from(self.claim_after.as_millis()).unwrap_or(u64::MAX))
+                .arg(from)
                 .arg("COUNT")
                 .arg(self.batch)
                 .arg("JUSTID")
                 .query_async(&mut self.conn)
                 .await?;
-            let ids: Vec<String> = match reply {
-                redis::Value::Array(parts) => parts
-                    .get(1)
-                    .and_then(|v| redis::from_redis_value_ref(v).ok())
-                    .unwrap_or_default(),
-                _ => Vec::new(),
+            let (cursor, ids): (Option<String>, Vec<String>) = match reply {
+                redis::Value::Array(parts) => (
+                    parts
+                        .first()
+                        .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                        .filter(|c| c != "0-0"),
+                    parts
+                        .get(1)
+                        .and_then(|v| redis::from_redis_value_ref(v).ok())
+                        .unwrap_or_default(),
+                ),
+                _ => (None, Vec::new()),
             };
-            if !ids.is_empty() {
-                tracing::info!(link = %self.origin.0, stream = %self.origin.1, "took over {} entries left unacknowledged by another consumer", ids.len());
-                let claimed = self.claim(&ids, Duration::ZERO).await?;
-                let counted = self.attempts(claimed).await?;
-                self.buffer.extend(counted);
-                return Ok(());
+            if !ids.is_empty() || cursor.is_some() {
+                let claimed = self.claim(&ids).await?;
+                return Ok((self.attempts(claimed).await?, cursor));
             }
         }
         let reply: StreamReadReply = redis::cmd("XREADGROUP")
@@ -550,13 +622,11 @@ impl GroupReader {
             .arg("BLOCK")
             .arg(BLOCK.as_millis() as u64)
             .arg("STREAMS")
-            .arg(&self.origin.1)
+            .arg(&self.stream)
             .arg(">")
             .query_async(&mut self.conn)
             .await?;
-        self.buffer
-            .extend(entries(reply).into_iter().map(|e| (e, 1)));
-        Ok(())
+        Ok((entries(reply).into_iter().map(|e| (e, 1)).collect(), None))
     }
 }
 
@@ -564,8 +634,30 @@ struct StreamAck {
     conn: ConnectionManager,
     stream: String,
     group: String,
+    consumer: String,
     id: String,
-    nacked: Arc<Mutex<VecDeque<String>>>,
+    claim_after: Duration,
+}
+
+impl StreamAck {
+    /// Claims the entry for this consumer again without counting a
+    /// delivery, with its idle time set to `idle`: it is due to any consumer
+    /// of the group once it has been idle for `claim_after`.
+    async fn set_idle(&self, idle: Duration) -> Result<(), BrokerError> {
+        redis::cmd("XCLAIM")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(&self.id)
+            .arg("IDLE")
+            .arg(u64::try_from(idle.as_millis()).unwrap_or(u64::MAX))
+            .arg("JUSTID")
+            .query_async::<redis::Value>(&mut self.conn.clone())
+            .await
+            .map(drop)
+            .map_err(|e| BrokerError::ConnectionLost(e.to_string()))
+    }
 }
 
 #[async_trait]
@@ -580,9 +672,21 @@ impl Acknowledge for StreamAck {
             .map_err(|e| BrokerError::ConnectionLost(e.to_string()))
     }
 
-    async fn nack(self: Box<Self>) -> Result<(), BrokerError> {
-        self.nacked.lock().unwrap().push_back(self.id.clone());
-        Ok(())
+    /// Due again after `delay`, capped at `claim_after`.
+    async fn nack(self: Box<Self>, delay: Duration) -> Result<(), BrokerError> {
+        self.set_idle(self.claim_after.saturating_sub(delay)).await
+    }
+
+    fn redelivers(&self) -> bool {
+        true
+    }
+
+    fn keep_alive_every(&self) -> Option<Duration> {
+        Some(self.claim_after / 3)
+    }
+
+    async fn keep_alive(&self) -> Result<(), BrokerError> {
+        self.set_idle(Duration::ZERO).await
     }
 }
 
@@ -592,11 +696,12 @@ impl Subscription for GroupReader {
         loop {
             if let Some(((id, fields), attempt)) = self.buffer.pop_front() {
                 let ack = StreamAck {
-                    conn: self.conn.clone(),
-                    stream: self.origin.1.clone(),
-                    group: self.group.clone(),
+                    conn: self.reads.conn.clone(),
+                    stream: self.reads.stream.clone(),
+                    group: self.reads.group.clone(),
+                    consumer: self.reads.consumer.clone(),
                     id,
-                    nacked: self.nacked.clone(),
+                    claim_after: self.reads.claim_after,
                 };
                 return Some(Delivery::new(
                     event_of(&self.origin, &fields),
@@ -604,21 +709,61 @@ impl Subscription for GroupReader {
                     Box::new(ack),
                 ));
             }
-            if let Err(e) = self.fill().await {
-                tracing::warn!(link = %self.origin.0, stream = %self.origin.1, "Redis read failed: {e}");
-                if e.code() == Some("NOGROUP") {
-                    // The stream was deleted: recreate it and the group.
-                    let _: redis::RedisResult<()> = redis::cmd("XGROUP")
-                        .arg("CREATE")
-                        .arg(&self.origin.1)
-                        .arg(&self.group)
-                        .arg("$")
-                        .arg("MKSTREAM")
-                        .query_async(&mut self.conn)
-                        .await;
+            let reading = match &mut self.reading {
+                Some(reading) => reading,
+                None if self.stopping => return None,
+                None => {
+                    // Due entries are looked for about once per blocking
+                    // read, so that a nack's delay is kept to within a
+                    // second, and again at once while more may be due.
+                    let claim_from = self.claim_cursor.take().or_else(|| {
+                        (self.last_claim.elapsed() >= self.reads.claim_after.min(BLOCK)).then(
+                            || {
+                                self.last_claim = Instant::now();
+                                "0-0".to_string()
+                            },
+                        )
+                    });
+                    self.reading
+                        .insert(tokio::spawn(self.reads.clone().read(claim_from)))
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            };
+            let read = reading.await;
+            self.reading = None;
+            match read {
+                Ok(Ok((entries, cursor))) => {
+                    self.failure = None;
+                    self.buffer.extend(entries);
+                    self.claim_cursor = cursor;
+                }
+                Ok(Err(e)) => {
+                    let reason = e.to_string();
+                    if self.failure.as_ref() != Some(&reason) {
+                        tracing::warn!(link = %self.origin.0, stream = %self.origin.1, "Redis read failed ({reason}); retrying");
+                        self.failure = Some(reason);
+                    }
+                    if e.code() == Some("NOGROUP") {
+                        // The stream was deleted: recreate it and the group.
+                        let _: redis::RedisResult<()> = redis::cmd("XGROUP")
+                            .arg("CREATE")
+                            .arg(&self.reads.stream)
+                            .arg(&self.reads.group)
+                            .arg("$")
+                            .arg("MKSTREAM")
+                            .query_async(&mut self.reads.conn)
+                            .await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(link = %self.origin.0, stream = %self.origin.1, "Redis read task failed: {e}")
+                }
             }
         }
+    }
+
+    /// Reads nothing more; the read under way and the buffer still come out.
+    async fn stop(&mut self) {
+        self.stopping = true;
     }
 }

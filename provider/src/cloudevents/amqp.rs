@@ -18,8 +18,8 @@ pub const BINARY: BinaryMode = BinaryMode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloudevents::ContentMode;
     use crate::cloudevents::Event;
-    use crate::cloudevents::nats::ContentMode;
 
     #[test]
     fn both_modes_round_trip_and_plain_messages_are_wrapped() {

@@ -5,9 +5,21 @@
 //! percent-encoded, and whether `datacontenttype` travels as an attribute or
 //! as the protocol's own content type.
 
-use super::nats::ContentMode;
 use super::{Event, JSON_FORMAT, is_structured, json};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+/// How a binding writes events: attributes as protocol metadata (binary
+/// mode) or the whole event as one JSON document (structured mode). Readers
+/// accept both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentMode {
+    /// Attributes in headers, data as the payload.
+    #[default]
+    Binary,
+    /// The whole event as one JSON document.
+    Structured,
+}
 
 /// Characters the HTTP and NATS bindings percent-encode in values: space,
 /// `"`, `%` and everything outside printable ASCII.

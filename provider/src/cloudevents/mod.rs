@@ -9,6 +9,8 @@ pub mod mqtt;
 pub mod nats;
 pub mod redis;
 
+pub use binary::ContentMode;
+
 /// The media type of the CloudEvents JSON event format (structured mode).
 pub const JSON_FORMAT: &str = "application/cloudevents+json";
 

@@ -21,7 +21,7 @@ pub const BINARY: BinaryMode = BinaryMode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cloudevents::nats::ContentMode;
+    use crate::cloudevents::ContentMode;
     use crate::cloudevents::{Event, json};
 
     #[test]

@@ -3,6 +3,7 @@
 //! the JSON format with `Content-Type: application/cloudevents+json`.
 //! Messages with neither are wrapped (see [`Event::wrap_plain`]).
 
+use super::ContentMode;
 use super::Event;
 use super::binary::BinaryMode;
 
@@ -12,17 +13,6 @@ pub const BINARY: BinaryMode = BinaryMode {
     percent_encoded: true,
     content_type_as_attribute: true,
 };
-
-/// How events are written to NATS.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ContentMode {
-    /// Attributes in headers, data as the payload.
-    #[default]
-    Binary,
-    /// The whole event as one JSON document.
-    Structured,
-}
 
 /// Headers and payload for an event.
 pub fn encode(event: &Event, mode: ContentMode) -> (Vec<(String, String)>, Vec<u8>) {

@@ -44,6 +44,27 @@ pub enum MessagingError {
 }
 
 impl MessagingError {
+    /// Whether the error says a link is down rather than that the request
+    /// was wrong: a handler failing on it is not to be blamed on the guest.
+    pub fn is_link_trouble(&self) -> bool {
+        matches!(
+            self,
+            MessagingError::ServiceUnavailable(_) | MessagingError::ConnectionLost(_)
+        )
+    }
+
+    /// Whether the same request can never succeed (too large, malformed,
+    /// not declared, not permitted), so trying it again is pointless.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            MessagingError::PayloadTooLarge(_)
+                | MessagingError::UnsupportedMessageFormat(_)
+                | MessagingError::QueueOrTopicNotFound(_)
+                | MessagingError::InsufficientPermissions(_)
+        )
+    }
+
     /// The WIT case name, for logs and test fixtures.
     pub fn case(&self) -> &'static str {
         match self {
@@ -63,7 +84,9 @@ impl From<BrokerError> for MessagingError {
     fn from(e: BrokerError) -> Self {
         let text = e.to_string();
         match e {
-            BrokerError::Unavailable(_) => MessagingError::ServiceUnavailable(text),
+            BrokerError::Unavailable(_) | BrokerError::TimedOut(_) => {
+                MessagingError::ServiceUnavailable(text)
+            }
             BrokerError::ConnectionLost(_) => MessagingError::ConnectionLost(text),
             BrokerError::PayloadTooLarge { .. } => MessagingError::PayloadTooLarge(text),
             BrokerError::DeliveryFailed(_) => MessagingError::DeliveryFailed(text),
@@ -137,25 +160,38 @@ impl From<Event> for WitEvent {
     }
 }
 
+impl State {
+    /// Remembers the first time a call of this run found a link down, and
+    /// converts the answer for the guest.
+    fn answer<T>(&mut self, result: Result<T, MessagingError>) -> Result<T, WitError> {
+        if let Err(e) = &result
+            && e.is_link_trouble()
+            && self.link_trouble.is_none()
+        {
+            self.link_trouble = Some(e.to_string());
+        }
+        result.map_err(Into::into)
+    }
+}
+
 impl bindings::types::Host for State {}
 
 impl bindings::publish::Host for State {
     async fn publish(&mut self, c: Channel, e: WitEvent) -> wasmtime::Result<Result<(), WitError>> {
-        Ok(self
-            .messaging
-            .publish(c, e.into())
-            .await
-            .map_err(Into::into))
+        let result = self.messaging.publish(c, e.into()).await;
+        Ok(self.answer(result))
     }
 }
 
 impl bindings::sub::Host for State {
     async fn subscribe(&mut self, c: Channel) -> wasmtime::Result<Result<String, WitError>> {
-        Ok(self.messaging.subscribe(c).await.map_err(Into::into))
+        let result = self.messaging.subscribe(c).await;
+        Ok(self.answer(result))
     }
 
     async fn unsubscribe(&mut self, st: String) -> wasmtime::Result<Result<(), WitError>> {
-        Ok(self.messaging.unsubscribe(st).await.map_err(Into::into))
+        let result = self.messaging.unsubscribe(st).await;
+        Ok(self.answer(result))
     }
 }
 

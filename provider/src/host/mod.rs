@@ -2,10 +2,16 @@
 //! instantiates them, and runs each delivered event in a fresh instance taken
 //! from wasmtime's pooling allocator, as Spin does per request.
 //!
+//! Components are kept from hurting each other: the pool has a share for
+//! every component (its `max_in_flight`), each instance has a memory limit
+//! (its component's `max_memory`), and a guest that runs long is moved to a
+//! slower CPU lane (see [`lanes`]) and stopped at the handler timeout.
+//!
 //! The guest's `pub` and `sub` calls are answered by a [`MessagingCtx`] the
 //! dispatcher supplies per component, so this layer knows nothing of brokers.
 
 pub mod bindings;
+mod lanes;
 mod messaging;
 mod stdio;
 
@@ -44,10 +50,8 @@ pub struct HostOptions {
     /// Instances come from a pre-allocated pool (fast); off, each instance
     /// maps its memory anew (the baseline the benchmark compares against).
     pub pooling: bool,
-    /// How many instances may exist at once: the pool's size, and the bound
-    /// handlers wait on (so a burst queues instead of failing to instantiate).
-    pub max_instances: u32,
-    /// How long one `on-receive` may run before it is stopped with a trap.
+    /// How long one `on-receive` may run, from the moment its instance is
+    /// created, before it is stopped.
     pub handler_timeout: Duration,
 }
 
@@ -56,20 +60,73 @@ impl Default for HostOptions {
         HostOptions {
             cache: CacheSetting::Default,
             pooling: true,
-            max_instances: 256,
             handler_timeout: Duration::from_secs(30),
         }
     }
 }
 
+/// What the instance pool must hold: the sum of the components' concurrency
+/// bounds, so that no component ever waits for another's instances, and the
+/// largest memory limit among them.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolSize {
+    /// Instances that may exist at once.
+    pub instances: u32,
+    /// The largest linear memory an instance may grow to, in bytes.
+    pub max_memory: u64,
+}
+
+/// The most instances one pool may hold: each reserves address space for
+/// its memories, and 2,048 of them reserve about 16 TiB of the 128 TiB a
+/// process has.
+pub const MAX_POOL_INSTANCES: u32 = 2048;
+
 /// The period of the epoch ticker that bounds handler run time.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// The per-instance state: WASI and the component's messaging context.
+/// The per-instance state: WASI, the component's messaging context, its
+/// memory limit, and what the run learnt about the links.
 pub struct State {
     wasi: WasiCtx,
     table: ResourceTable,
     messaging: Arc<dyn MessagingCtx>,
+    memory: MemoryLimit,
+    /// The first `service-unavailable` or `connection-lost` a messaging call
+    /// of this run got.
+    link_trouble: Option<String>,
+}
+
+/// Stops an instance whose memory would grow past its component's limit,
+/// with an error that says so (and how to raise it).
+struct MemoryLimit {
+    max: u64,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimit {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.max {
+            wasmtime::bail!(
+                "the component's memory would grow to {}, over its limit of {} (`max_memory` in its [[trigger.messaging]] entry)",
+                mib(desired as u64),
+                mib(self.max)
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(maximum.is_none_or(|max| desired <= max))
+    }
 }
 
 impl WasiView for State {
@@ -95,12 +152,37 @@ pub struct InstanceIdentity {
     pub messaging: Arc<dyn MessagingCtx>,
     /// Where its stdout and stderr go.
     pub output: Arc<ComponentOutput>,
+    /// The largest its linear memory may grow, in bytes.
+    pub max_memory: u64,
+}
+
+/// A size for people: whole MiB when it is one.
+fn mib(bytes: u64) -> String {
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+    }
+}
+
+/// Why an `on-receive` run did not succeed.
+#[derive(Clone, Debug)]
+pub struct HandlerFailure {
+    /// What happened: the guest's error, the trap, the timeout, or why the
+    /// instance could not be created.
+    pub error: String,
+    /// Set when a messaging call of the run found a link down
+    /// (`service-unavailable`, `connection-lost`): then the failure may be
+    /// the provider's, not the guest's.
+    pub link_trouble: Option<String>,
 }
 
 /// A component compiled and linked, ready to instantiate per message.
 #[derive(Clone)]
 pub struct PreparedComponent {
     pre: bindings::ServicePre<State>,
+    /// Whether its handlers have lately run long.
+    history: Arc<lanes::History>,
 }
 
 /// The wasmtime engine and linker shared by every app in the process.
@@ -108,15 +190,15 @@ pub struct Host {
     engine: Engine,
     linker: Linker<State>,
     options: HostOptions,
-    instances: tokio::sync::Semaphore,
+    lanes: Arc<lanes::Lanes>,
     cache: Option<wasmtime::Cache>,
     ticker_stop: Arc<AtomicBool>,
 }
 
 impl Host {
     /// Builds the engine: async support, epoch interruption, the pooling
-    /// allocator and the compiled-code cache.
-    pub fn new(options: HostOptions) -> anyhow::Result<Host> {
+    /// allocator sized for `pool`, and the compiled-code cache.
+    pub fn new(options: HostOptions, pool: PoolSize) -> anyhow::Result<Host> {
         let mut config = Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
         let cache = match &options.cache {
@@ -132,18 +214,24 @@ impl Host {
         };
         config.cache(cache.clone());
         if options.pooling {
-            let mut pool = PoolingAllocationConfig::new();
-            let n = options.max_instances;
-            pool.total_component_instances(n)
-                .total_core_instances(n * 8)
+            anyhow::ensure!(
+                (1..=MAX_POOL_INSTANCES).contains(&pool.instances),
+                "the components may run {} instances at once (the sum of their `max_in_flight`); one process holds at most {MAX_POOL_INSTANCES}: lower `max_in_flight`, or run the apps in several processes",
+                pool.instances
+            );
+            let n = pool.instances;
+            let mut config_pool = PoolingAllocationConfig::new();
+            config_pool
+                .total_component_instances(n)
+                .total_core_instances(n * 16)
                 .total_memories(n * 2)
                 .total_tables(n * 8)
                 .total_stacks(n)
                 .max_core_instances_per_component(32)
                 .max_memories_per_component(4)
                 .max_tables_per_component(16)
-                .max_memory_size(256 << 20);
-            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+                .max_memory_size(usize::try_from(pool.max_memory).unwrap_or(usize::MAX));
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(config_pool));
         }
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
@@ -163,12 +251,11 @@ impl Host {
                     }
                 }
             })?;
-        let instances = tokio::sync::Semaphore::new(options.max_instances as usize);
         Ok(Host {
             engine,
             linker,
             options,
-            instances,
+            lanes: lanes::Lanes::new(),
             cache,
             ticker_stop,
         })
@@ -191,22 +278,20 @@ impl Host {
                 path.display()
             )
         })?;
-        Ok(PreparedComponent { pre })
+        Ok(PreparedComponent {
+            pre,
+            history: Arc::default(),
+        })
     }
 
-    /// Runs `on-receive` for one event in a fresh instance. The outer error is
-    /// a trap (or a failed instantiation), the inner one the guest's answer.
+    /// Runs `on-receive` for one event in a fresh instance, within the
+    /// handler timeout (counted from the instance's creation).
     pub async fn handle(
         &self,
         component: &PreparedComponent,
         who: &InstanceIdentity,
         event: Event,
-    ) -> anyhow::Result<Result<(), MessagingError>> {
-        let _slot = self
-            .instances
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
+    ) -> Result<(), HandlerFailure> {
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdio::LogStream::new(&who.output, "stdout"))
             .stderr(stdio::LogStream::new(&who.output, "stderr"))
@@ -215,26 +300,62 @@ impl Host {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             messaging: who.messaging.clone(),
+            memory: MemoryLimit {
+                max: who.max_memory,
+            },
+            link_trouble: None,
         };
         let mut store = Store::new(&self.engine, state);
-        let deadline = Instant::now() + self.options.handler_timeout;
+        store.limiter(|s| &mut s.memory);
         let timeout = self.options.handler_timeout;
-        store.set_epoch_deadline(1);
+        let timed_out = move || {
+            format!(
+                "on-receive ran longer than the handler timeout of {}",
+                humantime::format_duration(timeout)
+            )
+        };
+        let deadline = Instant::now() + timeout;
+        let run = self.lanes.enter(&component.history);
+        let on_tick = run.clone();
+        // A run that starts in the long lane waits for its turn before it
+        // runs at all.
+        store.set_epoch_deadline(if run.starts_long() { 0 } else { 1 });
+        // Runs at every epoch tick while the guest executes: a guest that
+        // computes past the deadline is stopped here, and one that has run a
+        // while waits for the long lane's turn.
         store.epoch_deadline_callback(move |_| {
             if Instant::now() >= deadline {
-                wasmtime::bail!(
-                    "on-receive ran longer than the handler timeout of {}",
-                    humantime::format_duration(timeout)
-                );
+                wasmtime::bail!(timed_out());
             }
-            Ok(UpdateDeadline::Yield(1))
+            Ok(match on_tick.tick() {
+                None => UpdateDeadline::Yield(1),
+                Some(turn) => UpdateDeadline::YieldCustom(1, Box::pin(turn)),
+            })
         });
-        let instance = component.pre.instantiate_async(&mut store).await?;
-        let result = instance
-            .wasi_messaging_handler()
-            .call_on_receive(&mut store, &event.into())
-            .await?;
-        Ok(result.map_err(MessagingError::from))
+        let call = async {
+            let instance = component.pre.instantiate_async(&mut store).await?;
+            instance
+                .wasi_messaging_handler()
+                .call_on_receive(&mut store, &event.into())
+                .await
+        };
+        // A guest waiting in a host call (a sleep, a slow broker) is stopped
+        // here.
+        let result = tokio::time::timeout(timeout, call).await;
+        run.finish();
+        let error = match result {
+            Ok(Ok(Ok(()))) => return Ok(()),
+            Ok(Ok(Err(e))) => format!("on-receive returned an error: {}", MessagingError::from(e)),
+            Ok(Err(trap)) => {
+                tracing::debug!(app = %who.app, component = %who.component, "on-receive trapped: {trap:?}");
+                format!("on-receive trapped: {}", trap.root_cause())
+            }
+            Err(_) => timed_out(),
+        };
+        Err(HandlerFailure {
+            error,
+            link_trouble: store.into_data().link_trouble,
+        })
     }
 
     /// How many components were loaded from the compiled-code cache rather

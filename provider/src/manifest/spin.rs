@@ -6,10 +6,23 @@
 
 use super::variables::{VariableDecl, Variables};
 use super::{ConfigError, ConfigErrors, KeyPath, TomlSource};
-use crate::app::{App, Channel, ChannelKind, ComponentSpec, defaults};
+use crate::app::{App, Channel, ChannelKind, ComponentSpec, RetryPolicy, defaults};
+
+/// The range of `max_in_flight` (the provider's instance pool, the sum over
+/// every component, holds at most 2,048).
+const MAX_IN_FLIGHT: usize = 1024;
+/// The range of `max_attempts`.
+const MAX_ATTEMPTS: u32 = 1000;
+/// The range of `retry_delay` and `max_retry_delay`.
+const MIN_RETRY_DELAY: Duration = Duration::from_millis(10);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+/// The range of `max_memory`: wasm32 memories end at 4 GiB.
+const MIN_MEMORY: u64 = 1 << 20;
+const MAX_MEMORY: u64 = 4 << 30;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The trigger type this provider serves.
 pub const TRIGGER_TYPE: &str = "messaging";
@@ -68,6 +81,10 @@ struct RawChannel {
     group: Option<String>,
     max_payload: Option<u64>,
     max_attempts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    retry_delay: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_retry_delay: Option<Duration>,
     dead_letter: Option<String>,
 }
 
@@ -85,6 +102,7 @@ struct RawTrigger {
     #[serde(default)]
     subscribe: Vec<String>,
     max_in_flight: Option<usize>,
+    max_memory: Option<bytesize::ByteSize>,
 }
 
 /// Loads one app from a spin.toml. `known_link` says which link names the
@@ -208,8 +226,20 @@ pub(crate) fn build_app(
         check("subscriptions", &t.subscriptions);
         check("publish", &t.publish);
         check("subscribe", &t.subscribe);
-        if t.max_in_flight == Some(0) {
-            errors.push(src.error(&at.key("max_in_flight"), "must be at least 1"));
+        if let Some(n) = t.max_in_flight
+            && !(1..=MAX_IN_FLIGHT).contains(&n)
+        {
+            errors.push(src.error(
+                &at.key("max_in_flight"),
+                format!("must be between 1 and {MAX_IN_FLIGHT}"),
+            ));
+        }
+        let max_memory = t.max_memory.map_or(defaults::MAX_MEMORY, |m| m.as_u64());
+        if !(MIN_MEMORY..=MAX_MEMORY).contains(&max_memory) {
+            errors.push(src.error(
+                &at.key("max_memory"),
+                "must be between 1 MiB and 4 GiB (e.g. \"128 MiB\")",
+            ));
         }
         components.push(ComponentSpec {
             id,
@@ -219,6 +249,7 @@ pub(crate) fn build_app(
             subscribe: t.subscribe.into_iter().collect(),
             max_in_flight: t.max_in_flight.unwrap_or(defaults::MAX_IN_FLIGHT),
             environment,
+            max_memory,
         });
     }
     if parts.name.trim().is_empty() {
@@ -275,8 +306,29 @@ fn channels(
         if c.max_payload == Some(0) {
             errors.push(src.error(&at.key("max_payload"), "must be at least 1 byte"));
         }
-        if c.max_attempts == Some(0) {
-            errors.push(src.error(&at.key("max_attempts"), "must be at least 1"));
+        if let Some(n) = c.max_attempts
+            && !(1..=MAX_ATTEMPTS).contains(&n)
+        {
+            errors.push(src.error(
+                &at.key("max_attempts"),
+                format!("must be between 1 and {MAX_ATTEMPTS}"),
+            ));
+        }
+        let retry = RetryPolicy {
+            delay: c.retry_delay.unwrap_or(defaults::RETRY_DELAY),
+            max_delay: c.max_retry_delay.unwrap_or(defaults::MAX_RETRY_DELAY),
+        };
+        if !(MIN_RETRY_DELAY..=MAX_RETRY_DELAY).contains(&retry.delay) {
+            errors.push(src.error(&at.key("retry_delay"), "must be between 10ms and 1h"));
+        }
+        if !(retry.delay..=MAX_RETRY_DELAY).contains(&retry.max_delay) {
+            errors.push(src.error(
+                &at.key("max_retry_delay"),
+                format!(
+                    "must be between `retry_delay` ({}) and 1h",
+                    humantime::format_duration(retry.delay)
+                ),
+            ));
         }
         if let Some(dl) = &c.dead_letter
             && (!names.contains(dl) || dl == &name)
@@ -296,6 +348,7 @@ fn channels(
                 address,
                 max_payload: c.max_payload.map(|n| n as usize),
                 max_attempts: c.max_attempts.unwrap_or(defaults::MAX_ATTEMPTS),
+                retry,
                 dead_letter: c.dead_letter,
             },
         );

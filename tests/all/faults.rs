@@ -1,0 +1,386 @@
+//! Fault tests on the durable queues (JetStream, Redis streams, RabbitMQ),
+//! with real provider processes and the test's own brokers:
+//!
+//! - events through a queue from an app's first start while the broker is
+//!   restarted (stopped as an operator stops it, SIGTERM: a broker killed
+//!   outright may itself redeliver what it had acknowledged, RabbitMQ a
+//!   second's worth) and the provider is killed (SIGKILL) and restarted: every
+//!   event handled at least once, duplicates only among those in flight,
+//!   poison events dead-lettered;
+//! - SIGTERM under load: nothing lost, nothing handled twice, and what the
+//!   stopped provider had taken but not started reaches the next one at once.
+//!
+//! Events are counted by id and the counts printed (sent / handled /
+//! duplicates / dead-lettered / lost). `FAULT_EVENTS` (default 3,000) and
+//! `FAULT_ROUNDS` (default 1: one broker restart, two provider kills) set
+//! the size; `scripts/faults.sh` runs the full-length version.
+
+use crate::links::PrivateServer;
+use crate::redis::redis_server_persistent;
+use crate::support::*;
+use messaging_provider::broker::{Broker, SubscribeMode};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn scale(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Every hundredth event is poison: its handler always fails.
+fn is_poison(i: usize) -> bool {
+    i % 100 == 42
+}
+
+/// The app: `work` relayed by the probe to `done`, failures dead-lettered
+/// to `dead`; all three on the link `bus`.
+fn relay_app(base: &str, extra_env: &str) -> AppDir {
+    write_app(&format!(
+        r#"spin_manifest_version = 2
+[application]
+name = "faults"
+[application.trigger.messaging.channels]
+work = {{ kind = "queue", link = "bus", address = "{base}.work", max_attempts = 3, retry_delay = "200ms", max_retry_delay = "1s", dead_letter = "dead" }}
+done = {{ kind = "queue", link = "bus", address = "{base}.done" }}
+results = {{ kind = "topic", address = "{base}.results" }}
+dead = {{ kind = "queue", link = "bus", address = "{base}.dead" }}
+[[trigger.messaging]]
+component = "relay"
+subscriptions = ["work"]
+publish = ["done", "results"]
+[component.relay]
+source = "{{probe}}"
+environment = {{ PROBE_OUT = "queue:done"{extra_env} }}
+"#
+    ))
+}
+
+/// What came out of the queue, by event id.
+#[derive(Default)]
+struct Tally {
+    handled: HashMap<String, usize>,
+    dead: HashMap<String, usize>,
+}
+
+impl Tally {
+    fn report(&self, label: &str, sent: usize) -> Report {
+        let done = |ids: &HashMap<String, usize>| {
+            ids.keys()
+                .cloned()
+                .collect::<std::collections::HashSet<_>>()
+        };
+        let (handled, dead) = (done(&self.handled), done(&self.dead));
+        let report = Report {
+            sent,
+            handled: handled.len(),
+            duplicates: self
+                .handled
+                .values()
+                .chain(self.dead.values())
+                .map(|n| n - 1)
+                .sum(),
+            dead_lettered: dead.len(),
+            lost: sent - handled.union(&dead).count(),
+            poison_handled: handled.iter().filter(|id| id.starts_with("poison")).count(),
+            good_dead: dead.iter().filter(|id| !id.starts_with("poison")).count(),
+        };
+        eprintln!(
+            "{label}: sent {} / handled {} / duplicates {} / dead-lettered {} / lost {}",
+            report.sent, report.handled, report.duplicates, report.dead_lettered, report.lost
+        );
+        report
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Report {
+    sent: usize,
+    handled: usize,
+    duplicates: usize,
+    dead_lettered: usize,
+    lost: usize,
+    poison_handled: usize,
+    good_dead: usize,
+}
+
+/// Reads `done` and `dead` through the test's own link (which rides out
+/// broker restarts as the provider's does), counting and acknowledging.
+async fn read_out(bus: Arc<dyn Broker>, base: &str, tally: Arc<Mutex<Tally>>) {
+    for (name, dead) in [("done", false), ("dead", true)] {
+        let address = format!("{base}.{name}");
+        bus.declare_queue(&address, &address).await.unwrap();
+        let mut sub = bus
+            .subscribe(
+                &address,
+                SubscribeMode::Queue {
+                    group: address.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        let tally = tally.clone();
+        tokio::spawn(async move {
+            while let Some(d) = sub.next().await {
+                let (e, _, ack) = d.into_parts();
+                let _ = ack.ack().await;
+                let mut t = tally.lock().unwrap();
+                let ids = if dead { &mut t.dead } else { &mut t.handled };
+                *ids.entry(e.id).or_default() += 1;
+            }
+        });
+    }
+}
+
+/// Puts `n` events (every hundredth poison) on `work`, 16 at a time.
+async fn preload(bus: &Arc<dyn Broker>, base: &str, n: usize) {
+    let work = format!("{base}.work");
+    bus.declare_queue(&work, &work).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..16 {
+        let (bus, work) = (bus.clone(), work.clone());
+        tasks.spawn(async move {
+            for i in (lane..n).step_by(16) {
+                let e = if is_poison(i) {
+                    event(&format!("poison-{i}"), "probe.fail")
+                } else {
+                    event(&format!("e{i}"), "t")
+                };
+                bus.publish(&work, &e).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+/// A provider process running the app, quiet, and ready.
+fn provider(app: &Path, rc: &Path) -> Running {
+    let running = run(&[
+        "up",
+        "-q",
+        "-f",
+        app.to_str().unwrap(),
+        "--runtime-config-file",
+        rc.to_str().unwrap(),
+        "--log-dir",
+        "",
+    ]);
+    running.wait_for("stdout", "Ready");
+    running
+}
+
+fn sigkill(p: &mut Running) {
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+}
+
+async fn wait_for_progress(tally: &Arc<Mutex<Tally>>, at_least: usize, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let progress = {
+            let t = tally.lock().unwrap();
+            t.handled.len() + t.dead.len()
+        };
+        if progress >= at_least {
+            return;
+        }
+        if start.elapsed() > within {
+            let t = tally.lock().unwrap();
+            let missing: Vec<String> = (0..at_least)
+                .map(|i| {
+                    if is_poison(i) {
+                        format!("poison-{i}")
+                    } else {
+                        format!("e{i}")
+                    }
+                })
+                .filter(|id| !t.handled.contains_key(id) && !t.dead.contains_key(id))
+                .take(20)
+                .collect();
+            panic!(
+                "stuck at {progress} of {at_least} events; missing (first 20 when all are due): {missing:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Events through a queue on a private `server` while the broker is
+/// restarted and the provider killed and restarted, `FAULT_ROUNDS` times.
+async fn survives_broker_restarts_and_provider_kills(
+    label: &str,
+    mut server: PrivateServer,
+    settings: impl Fn(u16) -> String,
+) {
+    let n = scale("FAULT_EVENTS", 3000);
+    let rounds = scale("FAULT_ROUNDS", 1);
+    let base = unique("faults");
+    let rc = link_config("bus", &settings(server.port));
+    let app = relay_app(&base, "");
+
+    let bus = crate::conformance::connect(&settings(server.port)).await;
+    preload(&bus, &base, n).await;
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    read_out(bus.clone(), &base, tally.clone()).await;
+    let start = Instant::now();
+    let mut p = provider(&app.manifest, rc.path());
+    let patience = Duration::from_secs(120) + Duration::from_millis(20 * n as u64);
+
+    // Each round: the provider killed, the broker restarted, the provider
+    // killed again, at evenly spread points of progress.
+    let steps = rounds * 3;
+    for step in 0..steps {
+        wait_for_progress(&tally, n * (step + 1) / (steps + 1), patience).await;
+        if step % 3 == 1 {
+            eprintln!("{label}: {:.1?}: restarting the broker", start.elapsed());
+            server.stop();
+            server.restart();
+        } else {
+            eprintln!("{label}: {:.1?}: killing the provider", start.elapsed());
+            sigkill(&mut p);
+            p = provider(&app.manifest, rc.path());
+        }
+    }
+    wait_for_progress(&tally, n, patience).await;
+    // Late duplicates have a moment to show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    p.terminate();
+    assert_eq!(p.wait_exit(Duration::from_secs(30)), 0, "{}", p.all());
+    let report = tally.lock().unwrap().report(label, n);
+    eprintln!(
+        "{label}: {n} events, {rounds} broker restart(s), {} provider kill(s), in {:.1}s",
+        rounds * 2,
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!(report.lost, 0);
+    assert_eq!((report.poison_handled, report.good_dead), (0, 0));
+    assert_eq!(
+        report.dead_lettered,
+        (0..n).filter(|&i| is_poison(i)).count()
+    );
+    // At most what was in flight at each disruption: the handlers of the
+    // provider (64) and what its subscription had pulled (64), plus what the
+    // test's own reader had in hand.
+    let bound = steps * (64 + 64 + 64);
+    assert!(
+        report.duplicates <= bound,
+        "{} duplicates, more than {bound} could be in flight",
+        report.duplicates
+    );
+}
+
+/// SIGTERM while the queue is busy: the stopped provider finishes what it
+/// started, hands back what it had taken but not started, and the next one
+/// handles the rest. The brokers' own redelivery timeouts are 60 s, so
+/// finishing well within them shows the hand-back was at once.
+async fn sigterm_under_load_loses_and_duplicates_nothing(label: &str, settings: &str) {
+    let n = scale("FAULT_EVENTS", 3000).min(5000);
+    let base = unique("sigterm");
+    let rc = link_config("bus", settings);
+    let app = relay_app(&base, ", PROBE_DELAY_MS = \"2\"");
+    let bus = crate::conformance::connect(settings).await;
+    preload(&bus, &base, n).await;
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    read_out(bus.clone(), &base, tally.clone()).await;
+
+    let mut first = provider(&app.manifest, rc.path());
+    wait_for_progress(&tally, n / 3, Duration::from_secs(120)).await;
+    first.terminate();
+    assert_eq!(
+        first.wait_exit(Duration::from_secs(30)),
+        0,
+        "{}",
+        first.all()
+    );
+    let stopped = Instant::now();
+    if std::env::var("FAULT_DEBUG").is_ok() {
+        for l in first
+            .stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| !l.contains("INFO guest"))
+        {
+            eprintln!("first: {l}");
+        }
+    }
+    let mut second = provider(&app.manifest, rc.path());
+    wait_for_progress(&tally, n, Duration::from_secs(45)).await;
+    let rest = stopped.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    second.terminate();
+    assert_eq!(
+        second.wait_exit(Duration::from_secs(30)),
+        0,
+        "{}",
+        second.all()
+    );
+    let report = tally.lock().unwrap().report(label, n);
+    let handed_back: Vec<String> = first
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("handed back"))
+        .cloned()
+        .collect();
+    eprintln!(
+        "{label}: the second provider finished {rest:.1?} after the first stopped; the first said: {handed_back:?}"
+    );
+    assert_eq!((report.lost, report.duplicates), (0, 0));
+    assert_eq!((report.poison_handled, report.good_dead), (0, 0));
+}
+
+fn nats_settings(port: u16) -> String {
+    format!(
+        "type = \"nats\"\njetstream = true\nurl = \"nats://127.0.0.1:{port}\"\nack_wait = \"10s\"\n"
+    )
+}
+
+fn redis_settings(port: u16) -> String {
+    format!("type = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\nclaim_after = \"10s\"\n")
+}
+
+fn amqp_settings(port: u16) -> String {
+    format!("type = \"amqp\"\nurl = \"amqp://guest:guest@127.0.0.1:{port}/%2f\"\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jetstream_survives_broker_restarts_and_provider_kills() {
+    let server = PrivateServer::start(crate::nats::nats_server);
+    survives_broker_restarts_and_provider_kills("jetstream", server, nats_settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_streams_survive_broker_restarts_and_provider_kills() {
+    let server = PrivateServer::start(redis_server_persistent);
+    survives_broker_restarts_and_provider_kills("redis", server, redis_settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rabbitmq_survives_broker_restarts_and_provider_kills() {
+    let server = PrivateServer::start(crate::amqp::rabbitmq);
+    survives_broker_restarts_and_provider_kills("rabbitmq", server, amqp_settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jetstream_sigterm_under_load_loses_and_duplicates_nothing() {
+    let settings = "type = \"nats\"\njetstream = true\nack_wait = \"60s\"\n";
+    sigterm_under_load_loses_and_duplicates_nothing("jetstream", settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_streams_sigterm_under_load_loses_and_duplicates_nothing() {
+    let settings = "type = \"redis\"\nclaim_after = \"60s\"\n";
+    sigterm_under_load_loses_and_duplicates_nothing("redis", settings).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rabbitmq_sigterm_under_load_loses_and_duplicates_nothing() {
+    sigterm_under_load_loses_and_duplicates_nothing("rabbitmq", "type = \"amqp\"\n").await;
+}
