@@ -215,8 +215,13 @@ pub fn parse_decimal_value<I: ParsableInput>(i: I) -> ParserResult<I, DecimalVal
     .parse(i)
 }
 
+// PATCH (trigger-messaging): a short string that is not UTF-8 (a header
+// name or value any publisher can send) used to fail the frame, and with it
+// the connection; it is now read lossily (U+FFFD for each bad sequence), so
+// the message arrives and its reader can tell that it is malformed.
 fn make_str<I: Input<Item = u8>>(i: I) -> Result<String, std::string::FromUtf8Error> {
-    String::from_utf8(i.iter_elements().collect())
+    Ok(String::from_utf8(i.iter_elements().collect())
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 /// Parse a [ShortString](../type.ShortString.html)

@@ -554,7 +554,29 @@ macro_rules! standard_headers {
             }
         }
 
-        #[cfg(test)]
+        /// PATCH (trigger-messaging): the header that carries a received header
+/// block this client could not parse, percent-encoded (every byte outside
+/// printable ASCII, and `%`, as `%XX`), so that nothing a publisher sent is
+/// lost and the connection goes on.
+pub const UNPARSED_HEADERS: &str = "Async-Nats-Unparsed-Headers";
+
+/// The header map for a header block that does not parse.
+pub(crate) fn unparsed_headers(block: &[u8]) -> HeaderMap {
+    use std::fmt::Write as _;
+    let mut escaped = String::with_capacity(block.len());
+    for &b in block {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            escaped.push(b as char);
+        } else {
+            let _ = write!(escaped, "%{b:02X}");
+        }
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(UNPARSED_HEADERS, escaped.as_str());
+    headers
+}
+
+#[cfg(test)]
         mod standard_header_tests {
             use super::HeaderName;
             use std::str::{self, FromStr};
