@@ -25,8 +25,8 @@ ensure RabbitMQ 5672 rabbitmq-server -detached
 ensure Mosquitto 1883 mosquitto -d -c /etc/mosquitto/mosquitto.conf
 
 rustup target add wasm32-wasip2
-# Clients that are not ours, for the interoperation tests.
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore nats-py pika
+# Clients that are not ours, for the interoperation and hostile-input tests.
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore nats-py pika redis paho-mqtt cloudevents
 # The tests build the guests themselves too; doing it here shows the output.
 (cd sample-apps && cargo build --target wasm32-wasip2 --release)
 (cd tests/fixtures && cargo build --target wasm32-wasip2 --release)

@@ -5,6 +5,8 @@
 use crate::broker::LinkRegistry;
 use crate::cloudevents::{self, Event};
 use crate::host::{CacheSetting, HostOptions};
+use crate::http::EndpointOptions;
+use crate::http::access::{self, ApiToken, ApiTokens};
 use crate::manifest::{LockedAppLocation, RuntimeConfig, load_locked_app};
 use crate::provider::{Follow, OutputOptions, Provider, ProviderOptions, UserPath};
 use anyhow::Context as _;
@@ -74,6 +76,19 @@ pub struct RunArgs {
     /// Serve the HTTP endpoint for `publish` and `tail` on this address.
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// A file holding the API token every `--listen` request must carry
+    /// (or give the token itself in TRIGGER_MESSAGING_API_TOKEN).
+    #[arg(long, env = access::TOKEN_FILE_ENV, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
+    /// `APP=FILE`: a token, read from FILE, that reaches only APP's channels; repeatable.
+    #[arg(long = "app-token-file", value_name = "APP=FILE")]
+    app_token_files: Vec<String>,
+    /// Serve `--listen` over https with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "listen"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "listen"])]
+    tls_key: Option<PathBuf>,
     /// How long in-flight handlers may run after a stop is asked for.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
@@ -119,13 +134,20 @@ fn path_or_empty() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
 
 #[derive(Args, Debug)]
 struct Endpoint {
-    /// The `--listen` address of the running provider.
+    /// The `--listen` address of the running provider (`https://` when it serves TLS).
     #[arg(
         long,
         env = "TRIGGER_MESSAGING_URL",
         default_value = "http://127.0.0.1:3030"
     )]
     url: String,
+    /// A file holding the API token to send (or give the token itself in
+    /// TRIGGER_MESSAGING_API_TOKEN).
+    #[arg(long, env = access::TOKEN_FILE_ENV, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
+    /// CA certificates (PEM) to trust for an https `--url`, besides the system's.
+    #[arg(long, env = "TRIGGER_MESSAGING_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// The app.
     app: String,
     /// The channel.
@@ -133,6 +155,44 @@ struct Endpoint {
 }
 
 impl Endpoint {
+    /// An HTTP client that sends the API token, if one is given, and
+    /// trusts `--ca-file` besides the system's roots.
+    fn client(&self) -> anyhow::Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(token) = ApiToken::configured(self.api_token_file.as_deref())? {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, token.authorization());
+            builder = builder.default_headers(headers);
+        }
+        if let Some(path) = &self.ca_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read the CA file {}", path.display()))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} holds no usable PEM certificate", path.display()))?;
+            anyhow::ensure!(
+                !certificates.is_empty(),
+                "{} holds no PEM certificate",
+                path.display()
+            );
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        builder.build().context("cannot set up the HTTP client")
+    }
+
+    /// What went wrong, from a refusal's status and body, with a hint for
+    /// a missing or wrong token.
+    fn refusal(status: reqwest::StatusCode, text: &str) -> anyhow::Error {
+        match status {
+            reqwest::StatusCode::UNAUTHORIZED => anyhow::anyhow!(
+                "{status}: {text}\nthe provider requires an API token: set {} or --api-token-file to it",
+                access::TOKEN_ENV
+            ),
+            _ => anyhow::anyhow!("{status}: {text}"),
+        }
+    }
+
     fn url(&self) -> String {
         format!(
             "{}/v1/apps/{}/channels/{}",
@@ -279,6 +339,80 @@ impl RunArgs {
             ..ProviderOptions::default()
         }
     }
+
+    /// The `--listen` endpoint's tokens and TLS, checked: per-app tokens
+    /// name loaded apps, and an address other machines can reach needs a
+    /// token. Tokens are never printed; only where they came from is.
+    fn endpoint_options(
+        &self,
+        addr: SocketAddr,
+        provider: &Provider,
+    ) -> anyhow::Result<EndpointOptions> {
+        let all_apps = ApiToken::configured(self.api_token_file.as_deref())?;
+        let mut tokens = ApiTokens::all_apps(all_apps.as_ref());
+        let mut app_names = Vec::new();
+        for given in &self.app_token_files {
+            let (app, file) = given
+                .split_once('=')
+                .filter(|(app, file)| !app.is_empty() && !file.is_empty())
+                .with_context(|| format!("--app-token-file {given:?}: expected APP=FILE"))?;
+            anyhow::ensure!(
+                provider.app(app).is_some(),
+                "--app-token-file {given:?}: no app `{app}` is loaded (loaded: {})",
+                provider
+                    .apps()
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            anyhow::ensure!(
+                !app_names.contains(&app),
+                "--app-token-file gives app `{app}` two tokens"
+            );
+            app_names.push(app);
+            tokens = tokens.with_app(app, &ApiToken::from_file(std::path::Path::new(file))?);
+        }
+        if !tokens.required() && !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to listen on {addr} without an API token: other machines can reach that address, and anyone reaching it could publish into and watch every app's channels. \
+                 Set a token in {} or in a file named by --api-token-file (or {}), or listen on a loopback address such as 127.0.0.1:{}",
+                access::TOKEN_ENV,
+                access::TOKEN_FILE_ENV,
+                addr.port()
+            );
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::http::tls::server_config(cert, key)?),
+            _ => None,
+        };
+        if tokens.required() {
+            let mut from = Vec::new();
+            if all_apps.is_some() {
+                from.push(match &self.api_token_file {
+                    Some(file) => format!("every app's from {}", file.display()),
+                    None => format!("every app's from {}", access::TOKEN_ENV),
+                });
+            }
+            if !app_names.is_empty() {
+                from.push(format!("own tokens for {}", app_names.join(", ")));
+            }
+            tracing::info!(
+                "the HTTP endpoint requires an API token ({})",
+                from.join("; ")
+            );
+            if tls.is_none() && !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "the API token travels unencrypted to {addr}: serve https with --tls-cert and --tls-key"
+                );
+            }
+        }
+        Ok(EndpointOptions {
+            tokens,
+            tls,
+            ..EndpointOptions::default()
+        })
+    }
 }
 
 /// `up`: run the apps of the given manifests.
@@ -350,14 +484,29 @@ pub async fn spin_launch(args: SpinLaunchArgs) -> anyhow::Result<()> {
 /// Loads, prints what was loaded, runs until a stop signal, drains, exits.
 async fn run(options: ProviderOptions, args: &RunArgs) -> anyhow::Result<()> {
     let provider = Provider::load(options).await?;
-    print!("{}", provider.summary());
-    provider.start().await?;
-    let endpoint = match args.listen {
+    // The endpoint's tokens, TLS and address are checked before any app starts.
+    let listening = match args.listen {
         Some(addr) => {
+            let options = args.endpoint_options(addr, &provider)?;
             let listener = std::net::TcpListener::bind(addr)
                 .with_context(|| format!("cannot listen on {addr}"))?;
-            println!("Listening on http://{}", listener.local_addr()?);
-            Some(crate::http::Endpoint::start(listener, &provider)?)
+            Some((listener, options))
+        }
+        None => None,
+    };
+    print!("{}", provider.summary());
+    provider.start().await?;
+    let endpoint = match listening {
+        Some((listener, options)) => {
+            let scheme = if options.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            println!("Listening on {scheme}://{}", listener.local_addr()?);
+            Some(crate::http::Endpoint::start_with(
+                listener, &provider, options,
+            )?)
         }
         None => None,
     };
@@ -431,7 +580,9 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     } else {
         cloudevents::http::encode_binary(&event)
     };
-    let response = reqwest::Client::new()
+    let response = args
+        .endpoint
+        .client()?
         .post(args.endpoint.url())
         .headers(headers)
         .body(body)
@@ -445,13 +596,17 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         })?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
-    anyhow::ensure!(status.is_success(), "{status}: {text}");
+    if !status.is_success() {
+        return Err(Endpoint::refusal(status, &text));
+    }
     println!("{}", event.id);
     Ok(())
 }
 
 async fn tail(args: TailArgs) -> anyhow::Result<()> {
-    let response = reqwest::Client::new()
+    let response = args
+        .endpoint
+        .client()?
         .get(args.endpoint.url())
         .send()
         .await
@@ -463,22 +618,21 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
         })?;
     let status = response.status();
     if !status.is_success() {
-        anyhow::bail!("{status}: {}", response.text().await.unwrap_or_default());
+        let text = response.text().await.unwrap_or_default();
+        return Err(Endpoint::refusal(status, &text));
     }
     let mut body = response.bytes_stream();
-    let mut buffer = Vec::new();
+    let mut lines = SseLines::default();
     let mut data = String::new();
     let mut printed = 0;
     if args.count == Some(0) {
         return Ok(());
     }
     while let Some(chunk) = body.next().await {
-        buffer.extend_from_slice(&chunk?);
-        while let Some(pos) = buffer.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buffer.drain(..=pos).collect();
-            let line = String::from_utf8_lossy(&line);
-            let line = line.trim_end_matches(['\n', '\r']);
+        for line in lines.push(&chunk?) {
             if let Some(d) = line.strip_prefix("data:") {
+                // A document's lines break only where JSON allows
+                // whitespace, so joined without breaks it stays one line.
                 data.push_str(d.strip_prefix(' ').unwrap_or(d));
             } else if line == ": subscribed" {
                 eprintln!(
@@ -495,4 +649,45 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
         }
     }
     anyhow::bail!("the provider closed the stream")
+}
+
+/// Splits a server-sent event stream into lines as the SSE spec does:
+/// `\r\n`, `\n` and `\r` each end one, even across chunks.
+#[derive(Default)]
+struct SseLines {
+    partial: Vec<u8>,
+    after_cr: bool,
+}
+
+impl SseLines {
+    /// The lines `chunk` completes.
+    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        let mut lines = Vec::new();
+        for &byte in chunk {
+            let after_cr = std::mem::replace(&mut self.after_cr, byte == b'\r');
+            match byte {
+                b'\n' if after_cr => {}
+                b'\n' | b'\r' => {
+                    let line = std::mem::take(&mut self.partial);
+                    lines.push(String::from_utf8_lossy(&line).into_owned());
+                }
+                _ => self.partial.push(byte),
+            }
+        }
+        lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SseLines;
+
+    #[test]
+    fn sse_lines_end_at_cr_lf_and_crlf_across_chunks() {
+        let mut lines = SseLines::default();
+        let mut all = lines.push(b"id: 1\r");
+        all.extend(lines.push(b"\ndata: a\rdata: b\n\n: c"));
+        all.extend(lines.push(b"\r\n"));
+        assert_eq!(all, ["id: 1", "data: a", "data: b", "", ": c"]);
+    }
 }

@@ -125,9 +125,7 @@ impl Provider {
         let registry = LinkRegistry::default();
         let config = RuntimeConfig::load(options.runtime_config.as_deref(), &registry)?;
         let apps = match &options.locked {
-            Some(locked) => vec![manifest::load_locked_app(locked, &|link| {
-                config.has_link(link)
-            })?],
+            Some(locked) => vec![manifest::load_locked_app_with_links(locked, &config)?],
             None => load_apps(&options.manifests, &config)?,
         };
 
@@ -300,7 +298,7 @@ fn load_apps(manifests: &[PathBuf], config: &RuntimeConfig) -> Result<Vec<App>, 
         } else {
             path.clone()
         };
-        match manifest::load_app(&path, &|link| config.has_link(link)) {
+        match manifest::load_app_with_links(&path, config) {
             Ok(app) => {
                 if let Some(other) = apps.iter().find(|a| a.name == app.name) {
                     errors.push(ConfigError {

@@ -130,3 +130,26 @@ async fn a_queue_publish_no_queue_takes_fails_instead_of_vanishing() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn names_too_long_for_amqp_are_refused_not_a_panic() {
+    let link = crate::conformance::connect("type = \"amqp\"\n").await;
+    let address = unique("shortstr");
+    link.declare_topic(&address).await.unwrap();
+    // Extension names and the content type come from components; AMQP
+    // carries them as short strings (255 bytes), on which lapin panics.
+    let mut long_extension = event("long-ext", "t");
+    long_extension
+        .extensions
+        .push(("x".repeat(300), "v".into()));
+    let mut long_type = event("long-ct", "t");
+    long_type.datacontenttype = Some(format!("text/{}", "x".repeat(300)));
+    for too_long in [long_extension, long_type] {
+        let err = link.publish(&address, &too_long).await.unwrap_err();
+        assert!(
+            matches!(&err, messaging_provider::broker::BrokerError::Format(m) if m.contains("AMQP allows 255")),
+            "{err}"
+        );
+    }
+    link.publish(&address, &event("fine", "t")).await.unwrap();
+}

@@ -1,8 +1,12 @@
 //! The `trigger-messaging` binary as users run it: `up` with its start-up
 //! summary, guest output in the log, `publish` and `tail`, graceful shutdown
-//! on SIGTERM, and manifest errors on the command line.
+//! on SIGTERM, manifest errors on the command line, and the endpoint's
+//! guards: API tokens, the loopback rule and https.
 
 use crate::support::*;
+use messaging_provider::http::access::{TOKEN_ENV, TOKEN_FILE_ENV};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -187,4 +191,215 @@ fn manifest_errors_stop_the_start_with_file_key_and_line() {
     );
     running.wait_for("stderr", &expected);
     assert!(running.stdout.lock().unwrap().is_empty(), "nothing starts");
+}
+
+/// Runs the binary with `env` added to a clean slate: no token, token file,
+/// CA file or URL inherited from the test's environment. Our own log is at
+/// its most detailed, so that a test can check what it never says.
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> Running {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_trigger-messaging"));
+    command
+        .args(args)
+        .env(
+            "RUST_LOG",
+            "info,messaging_provider=trace,trigger_messaging=trace",
+        )
+        .env_remove(TOKEN_ENV)
+        .env_remove(TOKEN_FILE_ENV)
+        .env_remove("TRIGGER_MESSAGING_CA_FILE")
+        .env_remove("TRIGGER_MESSAGING_URL")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Running::adopt(command.spawn().unwrap())
+}
+
+/// `up` on `host` and a free port with the extra flags, run to Ready;
+/// returns it and the port.
+fn up_on(host: &str, manifests: &[&Path], extra: &[&str]) -> (Running, u16) {
+    let port = free_port();
+    let listen = format!("{host}:{port}");
+    let mut args = vec!["up", "--listen", &listen];
+    let paths: Vec<String> = manifests.iter().map(|m| m.display().to_string()).collect();
+    for p in &paths {
+        args.extend(["-f", p]);
+    }
+    args.extend(extra);
+    let running = run_env(&args, &[]);
+    running.wait_for("stdout", "Ready");
+    (running, port)
+}
+
+/// Runs a client command to its end; returns its exit code and output.
+fn client(args: &[&str], env: &[(&str, &str)]) -> (i32, Running) {
+    let mut running = run_env(args, env);
+    let code = running.wait_exit(Duration::from_secs(30));
+    (code, running)
+}
+
+#[test]
+fn up_refuses_an_address_other_machines_reach_without_a_token() {
+    let app = probe_app("exposed", "", r#"publish = ["results"]"#);
+    for host in ["0.0.0.0", "[::]"] {
+        let listen = format!("{host}:{}", free_port());
+        let mut up = run_env(
+            &[
+                "up",
+                "-f",
+                app.manifest.to_str().unwrap(),
+                "--listen",
+                &listen,
+            ],
+            &[],
+        );
+        assert_eq!(up.wait_exit(Duration::from_secs(30)), 1, "{}", up.all());
+        let line = up.wait_for("stderr", "refusing to listen on");
+        for expected in [listen.as_str(), TOKEN_ENV, "--api-token-file", "127.0.0.1"] {
+            assert!(line.contains(expected), "{expected:?} not in {line}");
+        }
+        assert!(
+            !up.stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("Ready")),
+            "nothing starts"
+        );
+    }
+}
+
+#[test]
+fn tokens_guard_up_and_publish_and_tail_send_them() {
+    let alpha = probe_app("alpha", "", r#"publish = ["results"]"#);
+    let beta = probe_app("beta", "", r#"publish = ["results"]"#);
+    let secrets = tempfile::tempdir().unwrap();
+    let every = "every-app-Secret-0f3a9c";
+    let alpha_only = "alpha-only-Secret-7b21de";
+    let every_file = secrets.path().join("every.token");
+    let alpha_file = secrets.path().join("alpha.token");
+    std::fs::write(&every_file, format!("{every}\n")).unwrap();
+    std::fs::write(&alpha_file, alpha_only).unwrap();
+    let every_path = every_file.to_str().unwrap();
+    let alpha_token_file = format!("alpha={}", alpha_file.display());
+    // Any address may be served once a token guards it.
+    let (mut up, port) = up_on(
+        "0.0.0.0",
+        &[&alpha.manifest, &beta.manifest],
+        &[
+            "--api-token-file",
+            every_path,
+            "--app-token-file",
+            &alpha_token_file,
+        ],
+    );
+    up.wait_for("stderr", "the HTTP endpoint requires an API token");
+    up.wait_for("stderr", "travels unencrypted");
+    let url = format!("http://127.0.0.1:{port}");
+    let publish = |app: &str, id: &str, extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec![
+            "publish", "--url", &url, app, "inbox", "--type", "t", "--id", id,
+        ];
+        args.extend(extra);
+        client(&args, env)
+    };
+
+    let tail = run_env(
+        &["tail", "--url", &url, "beta", "inbox", "-n", "2"],
+        &[(TOKEN_ENV, every)],
+    );
+    tail.wait_for("stderr", "watching `inbox` of app `beta`");
+    let (code, out) = publish("beta", "by-file", &["--api-token-file", every_path], &[]);
+    assert_eq!(code, 0, "{}", out.all());
+    let (code, out) = publish("beta", "by-env-file", &[], &[(TOKEN_FILE_ENV, every_path)]);
+    assert_eq!(code, 0, "{}", out.all());
+    tail.wait_for("stdout", "by-file");
+    tail.wait_for("stdout", "by-env-file");
+    let (code, out) = publish("alpha", "own-token", &[], &[(TOKEN_ENV, alpha_only)]);
+    assert_eq!(code, 0, "{}", out.all());
+
+    let (code, out) = publish("beta", "other-app", &[], &[(TOKEN_ENV, alpha_only)]);
+    assert_eq!(code, 1);
+    out.wait_for("stderr", "403 Forbidden");
+    out.wait_for("stderr", "does not give access to app `beta`");
+    let (code, out) = publish("beta", "no-token", &[], &[]);
+    assert_eq!(code, 1);
+    out.wait_for("stderr", "401 Unauthorized");
+    out.wait_for("stderr", TOKEN_ENV);
+    let (code, out) = publish("beta", "wrong", &[], &[(TOKEN_ENV, "not-the-token")]);
+    assert_eq!(code, 1);
+    out.wait_for("stderr", "401 Unauthorized");
+    let (code, out) = client(&["tail", "--url", &url, "alpha", "inbox", "-n", "1"], &[]);
+    assert_eq!(code, 1);
+    out.wait_for("stderr", "401 Unauthorized");
+    let (code, out) = publish(
+        "beta",
+        "both",
+        &["--api-token-file", every_path],
+        &[(TOKEN_ENV, every)],
+    );
+    assert_eq!(code, 1);
+    out.wait_for("stderr", "both set");
+
+    up.terminate();
+    assert_eq!(up.wait_exit(Duration::from_secs(15)), 0);
+    let log = up.all();
+    for secret in [every, alpha_only] {
+        assert!(!log.contains(secret), "the log shows a token:\n{log}");
+    }
+}
+
+#[test]
+fn up_serves_https_and_the_cli_publishes_over_it() {
+    let app = probe_app("secure", "", r#"publish = ["results"]"#);
+    let pki = crate::http::EndpointPki::new();
+    let (cert, key, ca) = (
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
+    );
+    let (mut up, port) = up_on(
+        "127.0.0.1",
+        &[&app.manifest],
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    up.wait_for("stdout", &format!("Listening on https://127.0.0.1:{port}"));
+    let url = format!("https://127.0.0.1:{port}");
+    let ca = ca.to_str().unwrap();
+    let tail = run_env(
+        &[
+            "tail",
+            "--url",
+            &url,
+            "--ca-file",
+            ca,
+            "secure",
+            "results",
+            "-n",
+            "1",
+        ],
+        &[],
+    );
+    tail.wait_for("stderr", "watching");
+    let (code, out) = client(
+        &[
+            "publish", "--url", &url, "secure", "results", "--type", "t", "--id", "over-tls",
+        ],
+        &[("TRIGGER_MESSAGING_CA_FILE", ca)],
+    );
+    assert_eq!(code, 0, "{}", out.all());
+    tail.wait_for("stdout", "over-tls");
+    // Without the CA, the server's certificate is not trusted.
+    let (code, out) = client(
+        &["publish", "--url", &url, "secure", "results", "--type", "t"],
+        &[],
+    );
+    assert_eq!(code, 1);
+    out.wait_for("stderr", "certificate");
+    up.terminate();
+    assert_eq!(up.wait_exit(Duration::from_secs(15)), 0);
 }

@@ -223,3 +223,35 @@ async fn mqtt_starts_without_its_server_and_recovers_from_a_restart() {
 async fn two_processes_share_an_mqtt_queue() {
     two_processes_share_a_queue("type = \"mqtt\"\n", true).await;
 }
+
+#[tokio::test]
+async fn properties_too_long_for_mqtt5_are_refused_not_sent_corrupt() {
+    let link = crate::conformance::connect("type = \"mqtt\"\n").await;
+    let address = unique("longprop");
+    link.declare_topic(&address).await.unwrap();
+    let mut sub = link
+        .subscribe(&address, SubscribeMode::Topic)
+        .await
+        .unwrap();
+    // MQTT 5 strings carry a 16-bit length: a longer value would corrupt
+    // the packet (and with it the link).
+    let mut long_value = event("long-value", "t");
+    long_value
+        .extensions
+        .push(("big".into(), "v".repeat(70_000)));
+    let mut long_type = event("long-ct", "t");
+    long_type.datacontenttype = Some(format!("text/{}", "x".repeat(70_000)));
+    for too_long in [long_value, long_type] {
+        let err = link.publish(&address, &too_long).await.unwrap_err();
+        assert!(
+            matches!(&err, messaging_provider::broker::BrokerError::Format(m) if m.contains("65535")),
+            "{err}"
+        );
+    }
+    link.publish(&address, &event("fine", "t")).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.event.id, "fine");
+}

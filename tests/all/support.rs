@@ -153,22 +153,6 @@ impl Watch {
         }
     }
 
-    /// The next dead letter for `id`: the event itself, or a letter that
-    /// wraps it (an invalid event), skipping others.
-    pub async fn next_with_id_or_wrapped(&mut self, id: &str) -> Event {
-        loop {
-            let e = self.next(id).await;
-            let wraps = e.ty == messaging_provider::dispatch::dead_letter::WRAPPED_TYPE
-                && messaging_provider::cloudevents::json::decode(
-                    e.data.as_deref().unwrap_or_default(),
-                )
-                .is_ok_and(|w| w.id == id);
-            if e.id == id || wraps {
-                return e;
-            }
-        }
-    }
-
     /// Asserts nothing arrives for `wait`.
     pub async fn expect_nothing(&mut self, wait: Duration) {
         if let Ok(Some(d)) = tokio::time::timeout(wait, self.0.next()).await {

@@ -22,12 +22,13 @@
 
 use super::tls::TlsFiles;
 use super::{
-    Acknowledge, Broker, BrokerError, Delivery, Invalid, MakeBroker, SubscribeMode, Subscription,
-    redact_url, require,
+    Acknowledge, Broker, BrokerError, ChannelNames, Delivery, Invalid, MakeBroker, SubscribeMode,
+    Subscription, check_name, check_publish_timeout, check_range, names, redact_url, require,
 };
 use crate::cloudevents::ContentMode;
 use crate::cloudevents::Event;
 use crate::cloudevents::amqp::BINARY;
+use crate::cloudevents::inbound::{self, Received};
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use lapin::options::{
@@ -98,7 +99,14 @@ impl MakeBroker for MakeAmqp {
     type Settings = AmqpSettings;
 
     fn check(s: &mut AmqpSettings, config_dir: &Path) -> Result<(), Invalid> {
-        require(s.prefetch > 0, "prefetch", "must be at least 1")?;
+        check_url(&s.url)?;
+        check_range("prefetch", s.prefetch, 1..=u16::MAX)?;
+        check_publish_timeout(s.publish_timeout)?;
+        check_name(
+            "exchange",
+            &s.exchange,
+            names::amqp_declared_name(&s.exchange, "exchange"),
+        )?;
         s.tls_files = TlsFiles::read(
             config_dir,
             &mut s.ca_file,
@@ -106,6 +114,18 @@ impl MakeBroker for MakeAmqp {
             &mut s.key_file,
         )?
         .for_url(s.url.starts_with("amqps://"), "amqps://")?;
+        Ok(())
+    }
+
+    fn check_channel(_: &AmqpSettings, c: &ChannelNames) -> Result<(), Invalid> {
+        check_name(
+            "address",
+            c.address,
+            names::amqp_routing_key(c.address, c.published),
+        )?;
+        if let Some(group) = c.group {
+            check_name("group", group, names::amqp_declared_name(group, "queue"))?;
+        }
         Ok(())
     }
 
@@ -130,6 +150,42 @@ impl MakeBroker for MakeAmqp {
         }
         Ok(Arc::new(broker))
     }
+}
+
+/// Parses `url` as the client will on connecting, and checks what it lets
+/// through: a port other than 0 and a virtual host that fits the protocol's
+/// short string (the client panics on a longer one).
+fn check_url(url: &str) -> Result<(), Invalid> {
+    let uri: lapin::uri::AMQPUri = url.parse().map_err(|e| {
+        Invalid::new(
+            "url",
+            format!("`{}` is not an AMQP URL: {e} (expected amqp://user:password@host:port/vhost, or amqps://)", redact_url(url)),
+        )
+    })?;
+    require(uri.authority.port != 0, "url", "has port 0")?;
+    require(
+        uri.vhost.len() <= names::AMQP_MAX_NAME,
+        "url",
+        &format!(
+            "names a virtual host of {} bytes; AMQP allows {}",
+            uri.vhost.len(),
+            names::AMQP_MAX_NAME
+        ),
+    )
+}
+
+/// A header name or content type as an AMQP short string, refused as an
+/// unsupported format when it is longer than 255 bytes (an event's
+/// extension names and content type come from components, and the client
+/// panics on a longer one).
+fn short_string(s: String, what: &str) -> Result<lapin::types::ShortString, BrokerError> {
+    let len = s.len();
+    lapin::types::ShortString::try_new(s).map_err(|_| {
+        BrokerError::Format(format!(
+            "the AMQP {what} would be {len} bytes; AMQP allows {}",
+            names::AMQP_MAX_NAME
+        ))
+    })
 }
 
 struct AmqpBroker(Arc<Inner>);
@@ -391,13 +447,16 @@ impl Broker for AmqpBroker {
             BINARY.encode_message(event, inner.settings.content_mode);
         let mut table = FieldTable::default();
         for (k, v) in headers {
-            table.insert(k.into(), AMQPValue::LongString(v.into()));
+            table.insert(
+                short_string(k, "header name")?,
+                AMQPValue::LongString(v.into()),
+            );
         }
         let mut properties = BasicProperties::default()
             .with_headers(table)
             .with_delivery_mode(2);
         if let Some(ct) = content_type {
-            properties = properties.with_content_type(ct.into());
+            properties = properties.with_content_type(short_string(ct, "content type")?);
         }
         let mandatory = inner.queues.lock().unwrap().contains(address);
         inner
@@ -557,6 +616,37 @@ impl Acknowledge for AmqpAck {
     }
 }
 
+/// An AMQP header value as bytes: strings and byte arrays as they came (they
+/// need not be UTF-8; the binding refuses an attribute that is not), other
+/// types (numbers, booleans, timestamps, tables) as their text.
+fn header_bytes(value: &AMQPValue) -> Vec<u8> {
+    match value {
+        AMQPValue::LongString(s) => s.as_bytes().to_vec(),
+        AMQPValue::ShortString(s) => s.as_str().as_bytes().to_vec(),
+        AMQPValue::ByteArray(b) => b.as_slice().to_vec(),
+        AMQPValue::Boolean(b) => b.to_string().into_bytes(),
+        AMQPValue::ShortShortInt(n) => n.to_string().into_bytes(),
+        AMQPValue::ShortShortUInt(n) => n.to_string().into_bytes(),
+        AMQPValue::ShortInt(n) => n.to_string().into_bytes(),
+        AMQPValue::ShortUInt(n) => n.to_string().into_bytes(),
+        AMQPValue::LongInt(n) => n.to_string().into_bytes(),
+        AMQPValue::LongUInt(n) => n.to_string().into_bytes(),
+        AMQPValue::LongLongInt(n) => n.to_string().into_bytes(),
+        AMQPValue::Float(n) => n.to_string().into_bytes(),
+        AMQPValue::Double(n) => n.to_string().into_bytes(),
+        // The AMQP binding carries `time` as a timestamp (seconds).
+        AMQPValue::Timestamp(t) => i64::try_from(*t)
+            .ok()
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+            .map_or_else(
+                || t.to_string(),
+                |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            )
+            .into_bytes(),
+        other => format!("{other:?}").into_bytes(),
+    }
+}
+
 /// An AMQP header as a count, whatever integer type the sender chose.
 fn count(value: &AMQPValue) -> Option<u32> {
     let n: i128 = match value {
@@ -586,21 +676,26 @@ impl AmqpSubscription {
                     "x-delivery-count" => returned = count(v),
                     _ => {}
                 }
-                let value = match v {
-                    AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-                    AMQPValue::ShortString(s) => s.to_string(),
-                    other => format!("{other:?}"),
-                };
-                headers.push((k.to_string(), value));
+                headers.push((k.to_string(), header_bytes(v)));
             }
         }
         let content_type = props.content_type().as_ref().map(|c| c.to_string());
-        let event = BINARY
-            .decode_message(&headers, content_type.as_deref(), &delivery.data, (link, &self.address))
-            .unwrap_or_else(|e| {
-                tracing::warn!(link = %link, "malformed CloudEvent ({e}); delivering it as a plain message");
-                Event::wrap_plain(link, &self.address, None, delivery.data.clone())
-            });
+        let decoded = BINARY.decode_message(
+            &headers,
+            content_type.as_deref(),
+            &delivery.data,
+            (link, &self.address),
+        );
+        let event = inbound::admit(decoded, || Received {
+            link,
+            address: &self.address,
+            metadata: headers
+                .iter()
+                .map(|(k, v)| (k.clone(), inbound::text(v).into_owned()))
+                .collect(),
+            content_type: content_type.as_deref(),
+            body: &delivery.data,
+        });
         let returned = returned.unwrap_or(u32::from(delivery.redelivered));
         let attempt = carried.unwrap_or(1).max(1).saturating_add(returned);
         let republish = self.group.clone().map(|group| Republish {
@@ -615,7 +710,7 @@ impl AmqpSubscription {
             _channel: self.channel.clone(),
             republish,
         };
-        Delivery::new(event, attempt, Box::new(ack))
+        Delivery::received(event, attempt, Box::new(ack))
     }
 }
 

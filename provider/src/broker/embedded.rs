@@ -7,10 +7,11 @@
 //! and the log says so, with the events' ids.
 
 use super::{
-    Acknowledge, Broker, BrokerError, Delivery, Invalid, MakeBroker, SubscribeMode, Subscription,
-    require,
+    Acknowledge, Broker, BrokerError, Delivery, Invalid, MAX_BUFFERED_EVENTS, MAX_PAYLOAD_LIMIT,
+    MakeBroker, SubscribeMode, Subscription, check_publish_timeout, check_range,
 };
-use crate::cloudevents::Event;
+use crate::cloudevents::inbound::{self, Received};
+use crate::cloudevents::{Event, JSON_FORMAT, json};
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -69,7 +70,9 @@ impl MakeBroker for MakeEmbedded {
     type Settings = EmbeddedSettings;
 
     fn check(s: &mut EmbeddedSettings, _: &std::path::Path) -> Result<(), Invalid> {
-        require(s.capacity > 0, "capacity", "must be at least 1")
+        check_range("capacity", s.capacity, 1..=MAX_BUFFERED_EVENTS)?;
+        check_publish_timeout(s.publish_timeout)?;
+        check_range("max_payload", s.max_payload as u64, 1..=MAX_PAYLOAD_LIMIT)
     }
 
     fn describe(s: &EmbeddedSettings) -> String {
@@ -251,6 +254,7 @@ impl Broker for EmbeddedBroker {
             closed: self.inner.closed.clone(),
             stopped: false,
             topic: topic_id.map(|id| (Arc::downgrade(&self.inner), address.to_string(), id)),
+            address: address.to_string(),
         }))
     }
 
@@ -294,6 +298,8 @@ struct EmbeddedSubscription {
     stopped: bool,
     /// For a topic subscriber: where to remove it from when dropped.
     topic: Option<(Weak<Inner>, String, u64)>,
+    /// The address subscribed to, for a malformed event's wrapper.
+    address: String,
 }
 
 #[async_trait]
@@ -309,13 +315,29 @@ impl Subscription for EmbeddedSubscription {
             e = async { self.lane.rx.lock().await.recv().await } => e?,
             _ = self.closed.cancelled() => return None,
         };
+        // Only the provider publishes here, and it validates; the one rule
+        // for what comes in holds all the same (an invalid event travels
+        // whole, in the JSON format).
         let event = (*envelope.event).clone();
+        let admitted = match event.validate() {
+            Ok(()) => Ok(event),
+            Err(_) => {
+                let document = json::encode(&event);
+                inbound::admit(Ok(event), || Received {
+                    link: "embedded",
+                    address: &self.address,
+                    metadata: Vec::new(),
+                    content_type: Some(JSON_FORMAT),
+                    body: &document,
+                })
+            }
+        };
         let attempt = envelope.attempt;
         let ack = EmbeddedAck {
             requeue: self.lane.tx.clone(),
             envelope,
         };
-        Some(Delivery::new(event, attempt, Box::new(ack)))
+        Some(Delivery::received(admitted, attempt, Box::new(ack)))
     }
 
     async fn stop(&mut self) {

@@ -4,11 +4,13 @@
 pub mod amqp;
 pub mod embedded;
 pub mod mqtt;
+pub mod names;
 pub mod nats;
 pub mod redis;
 pub mod tls;
 
 use crate::cloudevents::Event;
+use crate::cloudevents::inbound::Malformed;
 use crate::config::{ConfigError, KeyPath, TomlSource};
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
@@ -173,22 +175,49 @@ pub trait Acknowledge: Send + Sync {
 
 /// One event handed to a subscriber, to be acknowledged once handled.
 pub struct Delivery {
-    /// The event.
+    /// The event; for a malformed message, the event that wraps it.
     pub event: Event,
     /// Which delivery of the event this is, as the broker counts them where
     /// it does (1 for the first): attempts survive redelivery.
     pub attempt: u32,
+    /// Why the message is not a valid CloudEvent, when it is not: it goes
+    /// to the dead-letter channel, never to a handler.
+    malformed: Option<String>,
     ack: Box<dyn Acknowledge>,
 }
 
 impl Delivery {
-    /// Wraps an event with the way to settle it.
+    /// Wraps a valid event with the way to settle it.
     pub fn new(event: Event, attempt: u32, ack: Box<dyn Acknowledge>) -> Self {
         Delivery {
             event,
             attempt,
+            malformed: None,
             ack,
         }
+    }
+
+    /// A delivery of what a link received, admitted or not by
+    /// [`inbound::admit`](crate::cloudevents::inbound::admit).
+    pub fn received(
+        admitted: Result<Event, Malformed>,
+        attempt: u32,
+        ack: Box<dyn Acknowledge>,
+    ) -> Self {
+        match admitted {
+            Ok(event) => Delivery::new(event, attempt, ack),
+            Err(Malformed { reason, wrapper }) => Delivery {
+                event: *wrapper,
+                attempt,
+                malformed: Some(reason),
+                ack,
+            },
+        }
+    }
+
+    /// Why the message is not a valid CloudEvent, if it is not.
+    pub fn malformed(&self) -> Option<&str> {
+        self.malformed.as_deref()
     }
 
     /// Splits the delivery into its event, its attempt and its settlement.
@@ -254,6 +283,15 @@ pub trait MakeBroker: Send + Sync + 'static {
         let _ = (settings, config_dir);
         Ok(())
     }
+    /// Checks the names a channel bound to this link puts on the broker
+    /// (see [`ChannelNames`]) against the broker's naming rules, so that a
+    /// name it would refuse, or one its client would choke on, is reported
+    /// at load at the channel's key and line. The key of the error is
+    /// `address` or `group`.
+    fn check_channel(settings: &Self::Settings, names: &ChannelNames) -> Result<(), Invalid> {
+        let _ = (settings, names);
+        Ok(())
+    }
     /// A one-line description for the start-up summary; never shows secrets.
     fn describe(settings: &Self::Settings) -> String;
     /// Connects (or prepares to connect) the link named `name`.
@@ -292,13 +330,104 @@ pub(crate) fn require(ok: bool, key: &'static str, message: &str) -> Result<(), 
     }
 }
 
+/// Checks a count or size setting against its range; the message says the
+/// range and the value found.
+pub(crate) fn check_range<T>(
+    key: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), Invalid>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    require(
+        range.contains(&value),
+        key,
+        &format!(
+            "must be between {} and {} (got {value})",
+            range.start(),
+            range.end()
+        ),
+    )
+}
+
+/// Checks a duration setting against its range; the message says the range
+/// and the value found.
+pub(crate) fn check_duration(
+    key: &'static str,
+    value: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+) -> Result<(), Invalid> {
+    require(
+        range.contains(&value),
+        key,
+        &format!(
+            "must be between {} and {} (got {})",
+            show_duration(*range.start()),
+            show_duration(*range.end()),
+            show_duration(value)
+        ),
+    )
+}
+
+/// A duration as people write it in a config: in the largest unit that
+/// holds it whole (`24h`, `61m`, `30d`), else as humantime spells it.
+pub(crate) fn show_duration(d: Duration) -> String {
+    let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
+    match (secs, nanos) {
+        (0, 0) => "0s".into(),
+        (s, 0) if s % 86_400 == 0 && s >= 2 * 86_400 => format!("{}d", s / 86_400),
+        (s, 0) if s % 3600 == 0 => format!("{}h", s / 3600),
+        (s, 0) if s % 60 == 0 => format!("{}m", s / 60),
+        (s, 0) => format!("{s}s"),
+        (0, n) if n % 1_000_000 == 0 => format!("{}ms", n / 1_000_000),
+        _ => humantime::format_duration(d).to_string(),
+    }
+}
+
+/// The range of `publish_timeout` on every link: long enough to connect
+/// (remote links also use it as their connection timeout), short enough
+/// that a caller learns of a broker that does not answer.
+pub(crate) const PUBLISH_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(600);
+
+/// Checks `publish_timeout` (see [`PUBLISH_TIMEOUT_RANGE`]).
+pub(crate) fn check_publish_timeout(timeout: Duration) -> Result<(), Invalid> {
+    check_duration("publish_timeout", timeout, PUBLISH_TIMEOUT_RANGE)
+}
+
+/// The largest `max_payload` a link or channel may set: no broker here
+/// takes more than 512 MiB, nor a component's memory much more.
+pub(crate) const MAX_PAYLOAD_LIMIT: u64 = 1 << 30;
+
+/// The largest in-memory buffer (`capacity`, `buffer`) a link may set, in
+/// events: far above any need, far below what tokio's channels accept.
+pub(crate) const MAX_BUFFERED_EVENTS: usize = 1 << 20;
+
 /// Checks `batch`: how many messages a subscription takes per read.
 pub(crate) fn check_batch(batch: usize) -> Result<(), Invalid> {
-    require(
-        (1..=10_000).contains(&batch),
-        "batch",
-        "must be between 1 and 10000",
-    )
+    check_range("batch", batch, 1..=10_000)
+}
+
+/// Checks a link setting that names something on the broker with one of
+/// the rules in [`names`].
+pub(crate) fn check_name(key: &'static str, value: &str, rule: names::Rule) -> Result<(), Invalid> {
+    rule.map_err(|why| Invalid::new(key, format!("{} {why}", names::shown(value))))
+}
+
+/// The names a channel puts on its link's broker, given to
+/// [`MakeBroker::check_channel`] when an app loads.
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelNames<'a> {
+    /// The broker-side name: subject, topic, key or routing key.
+    pub address: &'a str,
+    /// For a queue, the name its competing consumers share; `None` for a
+    /// topic.
+    pub group: Option<&'a str>,
+    /// Whether events are published to the address (a component may
+    /// publish to the channel, or it is a dead-letter channel), which a
+    /// wildcard address cannot take.
+    pub published: bool,
 }
 
 /// Checks a broker's redelivery timeout (`ack_wait`, `claim_after`): the
@@ -308,8 +437,11 @@ pub(crate) fn check_redelivery_timeout(
     key: &'static str,
     timeout: std::time::Duration,
 ) -> Result<(), Invalid> {
-    let range = Duration::from_secs(1)..=Duration::from_secs(86_400);
-    require(range.contains(&timeout), key, "must be between 1s and 24h")
+    check_duration(
+        key,
+        timeout,
+        Duration::from_secs(1)..=Duration::from_secs(86_400),
+    )
 }
 
 /// A link whose settings were read and checked, ready to connect.
@@ -319,6 +451,8 @@ pub trait PreparedLink: Send + Sync {
     fn link_type(&self) -> &'static str;
     /// A one-line description without secrets.
     fn describe(&self) -> String;
+    /// Checks a channel's broker-side names (see [`MakeBroker::check_channel`]).
+    fn check_channel(&self, names: &ChannelNames) -> Result<(), Invalid>;
     /// Connects the link.
     async fn connect(&self, name: &str) -> anyhow::Result<Arc<dyn Broker>>;
 }
@@ -335,6 +469,9 @@ impl<M: MakeBroker> PreparedLink for Prepared<M> {
     }
     fn describe(&self) -> String {
         M::describe(&self.settings)
+    }
+    fn check_channel(&self, names: &ChannelNames) -> Result<(), Invalid> {
+        M::check_channel(&self.settings, names)
     }
     async fn connect(&self, name: &str) -> anyhow::Result<Arc<dyn Broker>> {
         tls::install_crypto_provider();
@@ -416,5 +553,23 @@ mod tests {
             "nats://***@h:4222,nats://h2:4222"
         );
         assert_eq!(super::redact_url("redis://127.0.0.1"), "redis://127.0.0.1");
+    }
+
+    #[test]
+    fn ranges_say_the_range_and_the_value() {
+        use std::time::Duration;
+        let e = super::check_range("batch", 0usize, 1..=10).unwrap_err();
+        assert_eq!(
+            (e.key, e.message.as_str()),
+            ("batch", "must be between 1 and 10 (got 0)")
+        );
+        let hour = Duration::from_secs(3600);
+        let e = super::check_duration("t", hour * 25, Duration::from_millis(100)..=hour * 24)
+            .unwrap_err();
+        assert_eq!(e.message, "must be between 100ms and 24h (got 25h)");
+        let shown: Vec<String> = [0, 61_000, 172_800_000, 1_500]
+            .map(|ms| super::show_duration(Duration::from_millis(ms)))
+            .into();
+        assert_eq!(shown, ["0s", "61s", "2d", "1s 500ms"]);
     }
 }

@@ -18,11 +18,13 @@
 
 use super::tls::TlsFiles;
 use super::{
-    Broker, BrokerError, Delivery, Invalid, MakeBroker, NothingToSettle, SubscribeMode,
-    Subscription, require,
+    Broker, BrokerError, ChannelNames, Delivery, Invalid, MAX_BUFFERED_EVENTS, MakeBroker,
+    NothingToSettle, SubscribeMode, Subscription, check_duration, check_name,
+    check_publish_timeout, check_range, names, require,
 };
 use crate::cloudevents::ContentMode;
 use crate::cloudevents::Event;
+use crate::cloudevents::inbound::{self, Received};
 use crate::cloudevents::json;
 use crate::cloudevents::mqtt::BINARY;
 use async_trait::async_trait;
@@ -116,8 +118,19 @@ impl MakeBroker for MakeMqtt {
     type Settings = MqttSettings;
 
     fn check(s: &mut MqttSettings, config_dir: &Path) -> Result<(), Invalid> {
-        require(s.qos <= 2, "qos", "must be 0, 1 or 2")?;
-        require(s.buffer > 0, "buffer", "must be at least 1")?;
+        require(
+            s.qos <= 2,
+            "qos",
+            &format!("must be 0, 1 or 2 (got {})", s.qos),
+        )?;
+        check_range("buffer", s.buffer, 1..=MAX_BUFFERED_EVENTS)?;
+        check_publish_timeout(s.publish_timeout)?;
+        check_duration("session_expiry", s.session_expiry, SESSION_EXPIRY_RANGE)?;
+        check_name(
+            "client_id_prefix",
+            &s.client_id_prefix,
+            check_client_id_prefix(&s.client_id_prefix),
+        )?;
         require(
             s.user.is_some() || s.password.is_none(),
             "password",
@@ -137,6 +150,19 @@ impl MakeBroker for MakeMqtt {
             &mut s.key_file,
         )?
         .for_url(tls, "mqtts://")?;
+        Ok(())
+    }
+
+    fn check_channel(_: &MqttSettings, c: &ChannelNames) -> Result<(), Invalid> {
+        check_name(
+            "address",
+            c.address,
+            names::mqtt_topic(c.address, c.published),
+        )?;
+        if let Some(group) = c.group {
+            let filter = shared_filter(group, c.address);
+            check_name("group", group, names::mqtt_shared_filter(&filter))?;
+        }
         Ok(())
     }
 
@@ -179,8 +205,53 @@ impl MakeBroker for MakeMqtt {
     }
 }
 
+/// The range of `session_expiry`: MQTT 5 carries it as whole seconds in 32
+/// bits; a session that ends with its connection would lose the events
+/// queued while the link reconnects.
+const SESSION_EXPIRY_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(30 * 86_400);
+
+/// The longest `client_id_prefix`.
+const MAX_CLIENT_ID_PREFIX: usize = 64;
+
+/// Whether a character may be part of a client id: every broker takes
+/// these (MQTT 3.1.1 only promises letters and digits).
+fn client_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+fn check_client_id_prefix(prefix: &str) -> names::Rule {
+    if let Some(c) = prefix.chars().find(|&c| !client_id_char(c)) {
+        return Err(format!(
+            "may only hold letters, digits, `-`, `_` and `.` (found {c:?})"
+        ));
+    }
+    if prefix.len() > MAX_CLIENT_ID_PREFIX {
+        return Err(format!(
+            "is {} characters long; at most {MAX_CLIENT_ID_PREFIX}",
+            prefix.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A connection's client id: the prefix, the link name (characters a
+/// broker may refuse replaced by `_`, at most 64 of them) and a random
+/// suffix, so that no link name makes an id the broker refuses.
+fn client_id(prefix: &str, link: &str) -> String {
+    let link: String = link
+        .chars()
+        .take(64)
+        .map(|c| if client_id_char(c) { c } else { '_' })
+        .collect();
+    format!(
+        "{prefix}-{link}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
 /// The host, port and whether TLS is on, from `mqtt://` / `tcp://` or
-/// `mqtts://` / `ssl://` URLs.
+/// `mqtts://` / `ssl://` URLs (`host`, `host:port`, `[ipv6]:port`).
 fn host_port(url: &str) -> Result<(String, u16, bool), Invalid> {
     let (rest, tls) = [
         ("mqtt://", false),
@@ -190,18 +261,65 @@ fn host_port(url: &str) -> Result<(String, u16, bool), Invalid> {
     ]
     .into_iter()
     .find_map(|(scheme, tls)| url.strip_prefix(scheme).map(|rest| (rest, tls)))
-    .ok_or_else(|| Invalid::new("url", "must start with mqtt:// or mqtts://"))?;
-    let rest = rest.trim_end_matches('/');
+    .ok_or_else(|| {
+        Invalid::new(
+            "url",
+            "must start with mqtt:// or mqtts:// (or tcp://, ssl://)",
+        )
+    })?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let bad = |why: &str| {
+        Invalid::new(
+            "url",
+            format!("{why} (expected mqtt://host:port or mqtts://host:port)"),
+        )
+    };
+    if rest.contains('@') {
+        return Err(bad(
+            "must not hold credentials: give them as `user` and `password`",
+        ));
+    }
+    if let Some(c) = rest
+        .chars()
+        .find(|&c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '?' | '#'))
+    {
+        return Err(bad(&format!("has {c:?} after the scheme")));
+    }
     let default_port = if tls { 8883 } else { 1883 };
-    Ok(match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h.to_string(),
-            p.parse()
-                .map_err(|_| Invalid::new("url", format!("bad port `{p}`")))?,
-            tls,
-        ),
-        None => (rest.to_string(), default_port, tls),
-    })
+    let (host, port) = match rest.strip_prefix('[') {
+        // An IPv6 address: `[addr]` or `[addr]:port`.
+        Some(v6) => {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("has an unclosed `[`"))?;
+            match after {
+                "" => (host, None),
+                _ => (
+                    host,
+                    Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or_else(|| bad("has text after `]`"))?,
+                    ),
+                ),
+            }
+        }
+        None => match rest.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(bad("has no host"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => match p.parse::<u16>() {
+            Ok(port) if port > 0 => port,
+            _ => return Err(bad(&format!("has a bad port `{p}` (1 to 65535)"))),
+        },
+    };
+    Ok((host.to_string(), port, tls))
 }
 
 struct LinkSettings {
@@ -289,12 +407,7 @@ impl Conn {
     /// Opens a connection; with `filter`, (re)subscribes to it whenever the
     /// broker has no session, and forwards incoming publishes to `sink`.
     fn open(ls: Arc<LinkSettings>, filter: Option<String>, sink: Option<mpsc::Sender<Ev>>) -> Conn {
-        let id = format!(
-            "{}-{}-{}",
-            ls.s.client_id_prefix,
-            ls.link,
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
+        let id = client_id(&ls.s.client_id_prefix, &ls.link);
         let keep_alive = Duration::from_secs(30);
         let (client, mut next): (
             Client,
@@ -536,12 +649,39 @@ struct MqttBroker {
     order: tokio::sync::Mutex<()>,
 }
 
+/// The filter a queue's consumers share: `$share/<group>/<address>`.
+fn shared_filter(group: &str, address: &str) -> String {
+    format!("$share/{}/{address}", share_name(group))
+}
+
 /// Shared-subscription group names may not hold `/`, `+` or `#`.
 fn share_name(group: &str) -> String {
     group
         .chars()
         .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
         .collect()
+}
+
+/// MQTT 5 strings (user property names and values, the content type) are
+/// at most 65,535 bytes on the wire; longer ones would corrupt the packet.
+fn check_string_lengths(
+    user_properties: &[(String, String)],
+    content_type: Option<&str>,
+) -> Result<(), BrokerError> {
+    let strings = user_properties
+        .iter()
+        .flat_map(|(k, v)| [k.as_str(), v.as_str()])
+        .chain(content_type);
+    for text in strings {
+        if text.len() > usize::from(u16::MAX) {
+            return Err(BrokerError::Format(format!(
+                "an MQTT 5 property of {} bytes is longer than MQTT allows (65535 bytes): `{}…`",
+                text.len(),
+                text.chars().take(40).collect::<String>()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -559,26 +699,31 @@ impl Broker for MqttBroker {
         }
         let s = &self.settings.s;
         let (done, confirmed) = oneshot::channel();
-        let sent = {
-            let _order = self.order.lock().await;
-            self.publisher.queued.lock().unwrap().push_back(done);
-            match &self.publisher.client {
-                Client::V5(c) => {
-                    let (user_properties, content_type, payload) =
-                        BINARY.encode_message(event, s.content_mode.unwrap_or_default());
-                    let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
-                        user_properties,
-                        content_type,
-                        ..Default::default()
-                    };
-                    c.publish_with_properties(address, qos5(s.qos), false, payload, properties)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-                Client::V3(c) => c
-                    .publish(address, qos3(s.qos), false, json::encode(event))
+        // Encoded (and checked) before taking the publish order, so that a
+        // refusal leaves no confirmation waiting in the queue.
+        let sent = match &self.publisher.client {
+            Client::V5(c) => {
+                let (user_properties, content_type, payload) =
+                    BINARY.encode_message(event, s.content_mode.unwrap_or_default());
+                check_string_lengths(&user_properties, content_type.as_deref())?;
+                let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+                    user_properties,
+                    content_type,
+                    ..Default::default()
+                };
+                let _order = self.order.lock().await;
+                self.publisher.queued.lock().unwrap().push_back(done);
+                c.publish_with_properties(address, qos5(s.qos), false, payload, properties)
                     .await
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| e.to_string())
+            }
+            Client::V3(c) => {
+                let payload = json::encode(event);
+                let _order = self.order.lock().await;
+                self.publisher.queued.lock().unwrap().push_back(done);
+                c.publish(address, qos3(s.qos), false, payload)
+                    .await
+                    .map_err(|e| e.to_string())
             }
         };
         sent.map_err(BrokerError::ConnectionLost)?;
@@ -602,7 +747,7 @@ impl Broker for MqttBroker {
     ) -> Result<Box<dyn Subscription>, BrokerError> {
         let filter = match mode {
             SubscribeMode::Topic => address.to_string(),
-            SubscribeMode::Queue { group } => format!("$share/{}/{address}", share_name(&group)),
+            SubscribeMode::Queue { group } => shared_filter(&group, address),
         };
         let (sink, events) = mpsc::channel(self.settings.s.buffer);
         let conn = Conn::open(self.settings.clone(), Some(filter), Some(sink));
@@ -651,15 +796,21 @@ impl Subscription for MqttSubscription {
             unreachable!("only publishes are forwarded");
         };
         let origin = (self.link.as_str(), topic.as_str());
-        let event = match self.version {
-            MqttVersion::V5 => BINARY.decode_message(&properties, content_type.as_deref(), &payload, origin).unwrap_or_else(|e| {
-                tracing::warn!(link = %self.link, topic = %topic, "malformed CloudEvent ({e}); delivering it as a plain message");
-                Event::wrap_plain(&self.link, &topic, content_type.as_deref(), payload.to_vec())
-            }),
+        let decoded = match self.version {
+            MqttVersion::V5 => {
+                BINARY.decode_message(&properties, content_type.as_deref(), &payload, origin)
+            }
             MqttVersion::V311 => json::decode_or_wrap(&payload, origin),
         };
+        let event = inbound::admit(decoded, || Received {
+            link: &self.link,
+            address: &topic,
+            metadata: properties.clone(),
+            content_type: content_type.as_deref(),
+            body: &payload,
+        });
         // Acknowledged to the broker on arrival (see the module docs).
-        Some(Delivery::new(event, 1, Box::new(NothingToSettle)))
+        Some(Delivery::received(event, 1, Box::new(NothingToSettle)))
     }
 
     /// Unsubscribes and disconnects; the events already acknowledged into

@@ -14,12 +14,15 @@
 
 use super::tls::TlsFiles;
 use super::{
-    Acknowledge, Broker, BrokerError, Delivery, Invalid, MakeBroker, NothingToSettle,
-    SubscribeMode, Subscription, check_batch, check_redelivery_timeout, redact_url, require,
+    Acknowledge, Broker, BrokerError, ChannelNames, Delivery, Invalid, MakeBroker, NothingToSettle,
+    SubscribeMode, Subscription, check_batch, check_name, check_publish_timeout,
+    check_redelivery_timeout, names, redact_url, require,
 };
 use crate::cloudevents::ContentMode;
 use crate::cloudevents::Event;
+use crate::cloudevents::inbound::{self, Malformed, Received};
 use crate::cloudevents::nats::{decode, encode};
+use async_nats::header::UNPARSED_HEADERS;
 use async_nats::jetstream::{self, consumer::pull, stream};
 use async_nats::{HeaderMap, connection::State};
 use async_trait::async_trait;
@@ -102,6 +105,7 @@ impl MakeBroker for MakeNats {
     type Settings = NatsSettings;
 
     fn check(s: &mut NatsSettings, config_dir: &Path) -> Result<(), Invalid> {
+        check_server_urls(&s.url)?;
         require(
             s.user.is_some() == s.password.is_some(),
             if s.user.is_some() { "user" } else { "password" },
@@ -109,15 +113,49 @@ impl MakeBroker for MakeNats {
         )?;
         if let Some(file) = &mut s.credentials_file {
             *file = config_dir.join(&*file);
+            check_credentials_file(file)?;
         }
+        check_publish_timeout(s.publish_timeout)?;
         check_batch(s.batch)?;
         check_redelivery_timeout("ack_wait", s.ack_wait)?;
+        check_name(
+            "stream_prefix",
+            &s.stream_prefix,
+            names::jetstream_name_part(&s.stream_prefix).and_then(|()| {
+                if s.stream_prefix.len() > MAX_STREAM_PREFIX {
+                    Err(format!("may be at most {MAX_STREAM_PREFIX} characters"))
+                } else {
+                    Ok(())
+                }
+            }),
+        )?;
         s.tls_files = TlsFiles::read(
             config_dir,
             &mut s.ca_file,
             &mut s.cert_file,
             &mut s.key_file,
         )?;
+        Ok(())
+    }
+
+    fn check_channel(s: &NatsSettings, c: &ChannelNames) -> Result<(), Invalid> {
+        let at_address = |rule| check_name("address", c.address, rule);
+        at_address(names::nats_subject(c.address, c.published))?;
+        if s.jetstream {
+            let stream = stream_name(&s.stream_prefix, c.address);
+            at_address(names::jetstream_derived_name("stream", &stream))?;
+        }
+        if let Some(group) = c.group {
+            check_name("group", group, names::nats_queue_group(group))?;
+            if s.jetstream {
+                let consumer = js_name(group);
+                check_name(
+                    "group",
+                    group,
+                    names::jetstream_derived_name("consumer", &consumer),
+                )?;
+            }
+        }
         Ok(())
     }
 
@@ -184,7 +222,7 @@ impl MakeBroker for MakeNats {
             options = options.add_client_certificate(cert.clone(), key.clone());
         }
         options = options.require_tls(s.tls || s.tls_files.given_key().is_some());
-        let client = options.connect(s.url.as_str()).await?;
+        let client = options.connect(server_urls(&s.url)).await?;
         // Wait briefly for the first connection, so that a server that is up
         // is used from the first event; one that is down does not stop the start.
         for _ in 0..50 {
@@ -214,6 +252,79 @@ struct NatsBroker {
     settings: NatsSettings,
     /// Addresses whose stream is known to exist.
     streams: Mutex<HashSet<String>>,
+}
+
+/// The longest `stream_prefix`: it leaves room for the address within
+/// JetStream's 255-character stream names.
+const MAX_STREAM_PREFIX: usize = 64;
+
+/// The server URLs of a `url` setting: comma-separated, spaces around
+/// commas allowed.
+fn server_urls(url: &str) -> Vec<&str> {
+    url.split(',').map(str::trim).collect()
+}
+
+/// Checks every URL of `url` as the client will parse it on connecting,
+/// plus what it lets through: a host, a port other than 0, and no mix of
+/// WebSocket and plain URLs (which the client refuses).
+fn check_server_urls(url: &str) -> Result<(), Invalid> {
+    let mut websocket = None;
+    for (i, one) in server_urls(url).into_iter().enumerate() {
+        let which = format!("URL {} (`{}`)", i + 1, redact_url(one));
+        if one.is_empty() {
+            return Err(Invalid::new(
+                "url",
+                format!(
+                    "{which} is empty: give `nats://host:port`, comma-separated for several servers"
+                ),
+            ));
+        }
+        let addr: async_nats::ServerAddr = one.parse().map_err(|e: std::io::Error| {
+            Invalid::new(
+                "url",
+                format!("{which}: {e} (expected nats://, tls://, ws:// or wss://host:port)"),
+            )
+        })?;
+        require(
+            !addr.host().is_empty(),
+            "url",
+            &format!("{which} has no host"),
+        )?;
+        require(addr.port() != 0, "url", &format!("{which} has port 0"))?;
+        if *websocket.get_or_insert(addr.is_websocket()) != addr.is_websocket() {
+            return Err(Invalid::new(
+                "url",
+                "mixes WebSocket (ws://, wss://) and plain (nats://, tls://) URLs, which the client refuses",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a `.creds` file and parses it as the client will (a user JWT and
+/// an NKey seed), so that a wrong file is reported at load.
+fn check_credentials_file(file: &Path) -> Result<(), Invalid> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        Invalid::new(
+            "credentials_file",
+            format!("cannot read `{}`: {e}", file.display()),
+        )
+    })?;
+    async_nats::ConnectOptions::with_credentials(&text).map_err(|e| {
+        Invalid::new(
+            "credentials_file",
+            format!(
+                "`{}` is not a NATS credentials file (a user JWT and an NKey seed, as `nsc` writes them): {e}",
+                file.display()
+            ),
+        )
+    })?;
+    Ok(())
+}
+
+/// The stream an address's events are kept in, on JetStream.
+fn stream_name(prefix: &str, address: &str) -> String {
+    format!("{prefix}{}", js_name(address))
 }
 
 /// JetStream names may not hold `.`, `*`, `>`, spaces or path separators.
@@ -251,7 +362,7 @@ impl NatsBroker {
     /// Where a subscription to `address` pulls from: the group's durable
     /// consumer, or (no group) a consumer of its own that sees new messages.
     fn source(&self, js: &jetstream::Context, address: &str, group: Option<&str>) -> JsSource {
-        let name = format!("{}{}", self.settings.stream_prefix, js_name(address));
+        let name = stream_name(&self.settings.stream_prefix, address);
         let base = pull::Config {
             filter_subject: address.to_string(),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
@@ -340,15 +451,32 @@ fn pairs_of(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn event_of(link: &str, subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Event {
-    decode(&pairs_of(headers), payload, (link, subject)).unwrap_or_else(|e| {
-        // Malformed CloudEvents metadata: deliver the bytes rather than lose them.
-        tracing::warn!(
-            link,
-            subject,
-            "malformed CloudEvent ({e}); delivering it as a plain message"
-        );
-        Event::wrap_plain(link, subject, None, payload.to_vec())
+/// The event in a received message, under the one rule for what comes in
+/// (see [`inbound`]). A header block the client could not parse arrives in
+/// [`UNPARSED_HEADERS`] (our patch to async-nats, see `vendor/README.md`).
+fn event_of(
+    link: &str,
+    subject: &str,
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Result<Event, Malformed> {
+    let pairs = pairs_of(headers);
+    let decoded = match pairs.iter().find(|(name, _)| name == UNPARSED_HEADERS) {
+        Some(_) => Err(
+            "its NATS headers do not parse (not UTF-8, or a line that is not `name: value`)"
+                .to_string(),
+        ),
+        None => decode(&pairs, payload, (link, subject)),
+    };
+    inbound::admit(decoded, || Received {
+        link,
+        address: subject,
+        content_type: pairs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.as_str()),
+        metadata: pairs.clone(),
+        body: payload,
     })
 }
 
@@ -482,7 +610,7 @@ impl Subscription for CoreSubscription {
             message.headers.as_ref(),
             &message.payload,
         );
-        Some(Delivery::new(event, 1, Box::new(NothingToSettle)))
+        Some(Delivery::received(event, 1, Box::new(NothingToSettle)))
     }
 
     /// Unsubscribes; what async-nats already received still comes out.
@@ -564,7 +692,7 @@ impl Subscription for JsSubscription {
                             message,
                             ack_wait: self.ack_wait,
                         };
-                        return Some(Delivery::new(event, attempt, Box::new(ack)));
+                        return Some(Delivery::received(event, attempt, Box::new(ack)));
                     }
                     Ok(Some(Err(e))) => {
                         self.batch = None;

@@ -13,17 +13,18 @@
 
 use super::tls::TlsFiles;
 use super::{
-    Acknowledge, Broker, BrokerError, Delivery, Invalid, MakeBroker, NothingToSettle,
-    SubscribeMode, Subscription, check_batch, check_redelivery_timeout, redact_url,
+    Acknowledge, Broker, BrokerError, ChannelNames, Delivery, Invalid, MakeBroker, NothingToSettle,
+    SubscribeMode, Subscription, check_batch, check_name, check_publish_timeout,
+    check_redelivery_timeout, names, redact_url,
 };
 use crate::cloudevents::ContentMode;
 use crate::cloudevents::Event;
+use crate::cloudevents::inbound::{self, Malformed, Received};
 use crate::cloudevents::json;
-use crate::cloudevents::redis::{decode_fields, encode_fields, structured_fields};
+use crate::cloudevents::redis::{DATA_FIELD, decode_fields, encode_fields, structured_fields};
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::StreamReadReply;
 use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -84,6 +85,8 @@ impl MakeBroker for MakeRedis {
     type Settings = RedisSettings;
 
     fn check(s: &mut RedisSettings, config_dir: &Path) -> Result<(), Invalid> {
+        check_url(&s.url)?;
+        check_publish_timeout(s.publish_timeout)?;
         check_batch(s.batch)?;
         check_redelivery_timeout("claim_after", s.claim_after)?;
         s.tls_files = TlsFiles::read(
@@ -93,6 +96,22 @@ impl MakeBroker for MakeRedis {
             &mut s.key_file,
         )?
         .for_url(s.url.starts_with("rediss://"), "rediss://")?;
+        Ok(())
+    }
+
+    fn check_channel(_: &RedisSettings, c: &ChannelNames) -> Result<(), Invalid> {
+        check_name(
+            "address",
+            c.address,
+            names::redis_key(c.address, "a Redis key"),
+        )?;
+        if let Some(group) = c.group {
+            check_name(
+                "group",
+                group,
+                names::redis_key(group, "a Redis consumer group"),
+            )?;
+        }
         Ok(())
     }
 
@@ -132,6 +151,32 @@ impl MakeBroker for MakeRedis {
             commands: tokio::sync::Mutex::new(commands),
             kinds: Mutex::default(),
         }))
+    }
+}
+
+/// Parses `url` as the client will on connecting, and checks what it lets
+/// through: a port other than 0, and no `#insecure` (certificates are
+/// always verified).
+fn check_url(url: &str) -> Result<(), Invalid> {
+    use redis::{ConnectionAddr, IntoConnectionInfo as _};
+    let info = url.into_connection_info().map_err(|e| {
+        Invalid::new(
+            "url",
+            format!(
+                "`{}` is not a Redis URL: {e} (expected redis://[user:password@]host:port[/db], rediss:// or unix://)",
+                redact_url(url)
+            ),
+        )
+    })?;
+    match info.addr() {
+        ConnectionAddr::Tcp(_, 0) | ConnectionAddr::TcpTls { port: 0, .. } => {
+            Err(Invalid::new("url", "has port 0"))
+        }
+        ConnectionAddr::TcpTls { insecure: true, .. } => Err(Invalid::new(
+            "url",
+            "`#insecure` would skip verifying the server's certificate, which this provider does not do; give the CA as `ca_file`",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -393,23 +438,38 @@ impl PubSubSubscription {
     }
 }
 
+impl PubSubSubscription {
+    /// A pub/sub message (payload only) under the one rule for what comes
+    /// in (see [`inbound`]).
+    fn delivery(&self, msg: &redis::Msg) -> Delivery {
+        let (link, channel) = (&self.origin.0, &self.origin.1);
+        let payload = msg.get_payload_bytes();
+        let event = inbound::admit(json::decode_or_wrap(payload, (link, channel)), || {
+            Received {
+                link,
+                address: channel,
+                metadata: Vec::new(),
+                content_type: None,
+                body: payload,
+            }
+        });
+        Delivery::received(event, 1, Box::new(NothingToSettle))
+    }
+}
+
 #[async_trait]
 impl Subscription for PubSubSubscription {
     async fn next(&mut self) -> Option<Delivery> {
         if self.stopping {
             // What the client already received, then the end.
             let msg = futures::FutureExt::now_or_never(self.stream.as_mut()?.next()).flatten()?;
-            let event =
-                json::decode_or_wrap(msg.get_payload_bytes(), (&self.origin.0, &self.origin.1));
-            return Some(Delivery::new(event, 1, Box::new(NothingToSettle)));
+            return Some(self.delivery(&msg));
         }
         loop {
             if let Some(stream) = &mut self.stream
                 && let Some(msg) = stream.next().await
             {
-                let event =
-                    json::decode_or_wrap(msg.get_payload_bytes(), (&self.origin.0, &self.origin.1));
-                return Some(Delivery::new(event, 1, Box::new(NothingToSettle)));
+                return Some(self.delivery(&msg));
             }
             // The connection ended: re-subscribe once the server is back.
             if self.stream.take().is_some() {
@@ -428,32 +488,85 @@ impl Subscription for PubSubSubscription {
 }
 
 /// Stream entries as (id, fields).
-type Entry = (String, Vec<(String, Vec<u8>)>);
+/// A stream entry: its id and its fields, as bytes and in order (field
+/// names need not be UTF-8, and may repeat).
+type Entry = (String, Vec<(Vec<u8>, Vec<u8>)>);
 
-fn entry(id: redis::streams::StreamId) -> Entry {
-    let fields = id
-        .map
-        .into_iter()
-        .map(|(k, v)| (k, redis::from_redis_value::<Vec<u8>>(v).unwrap_or_default()))
-        .collect();
-    (id.id, fields)
+/// Entries read from raw replies: redis-rs' typed stream replies require
+/// field names to be UTF-8, and one entry whose names are not would fail
+/// every read of the stream, for good.
+mod raw {
+    use super::Entry;
+    use redis::Value;
+
+    fn bytes(value: &Value) -> Option<Vec<u8>> {
+        redis::from_redis_value_ref::<Vec<u8>>(value).ok()
+    }
+
+    /// `[id, [field, value, ...]]`; `None` for an entry deleted since it was
+    /// delivered (nil).
+    fn entry(value: Value) -> Option<Entry> {
+        let Value::Array(parts) = value else {
+            return None;
+        };
+        let mut parts = parts.into_iter();
+        let id = String::from_utf8(bytes(&parts.next()?)?).ok()?;
+        let fields = match parts.next() {
+            Some(Value::Array(items)) => items
+                .chunks_exact(2)
+                .filter_map(|pair| Some((bytes(&pair[0])?, bytes(&pair[1])?)))
+                .collect(),
+            Some(Value::Map(pairs)) => pairs
+                .iter()
+                .filter_map(|(k, v)| Some((bytes(k)?, bytes(v)?)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Some((id, fields))
+    }
+
+    /// An XCLAIM reply: `[entry, ...]`.
+    pub(super) fn claimed(reply: Value) -> Vec<Entry> {
+        match reply {
+            Value::Array(items) => items.into_iter().filter_map(entry).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// An XREAD/XREADGROUP reply: `[[stream, [entry, ...]], ...]`, or a map
+    /// of streams to entries (RESP3); nil when nothing came.
+    pub(super) fn read(reply: Value) -> Vec<Entry> {
+        let streams: Vec<Value> = match reply {
+            Value::Array(streams) => streams
+                .into_iter()
+                .filter_map(|stream| match stream {
+                    Value::Array(pair) => pair.into_iter().nth(1),
+                    _ => None,
+                })
+                .collect(),
+            Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+            _ => Vec::new(),
+        };
+        streams.into_iter().flat_map(claimed).collect()
+    }
 }
 
-fn entries(reply: StreamReadReply) -> Vec<Entry> {
-    reply
-        .keys
-        .into_iter()
-        .flat_map(|k| k.ids)
-        .map(entry)
-        .collect()
-}
-
-fn event_of(origin: &(String, String), fields: &[(String, Vec<u8>)]) -> Event {
-    decode_fields(fields, (&origin.0, &origin.1)).unwrap_or_else(|e| {
-        tracing::warn!(link = %origin.0, stream = %origin.1, "malformed CloudEvent ({e}); delivering it as a plain message");
-        let object: serde_json::Map<String, serde_json::Value> =
-            fields.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned().into())).collect();
-        Event::wrap_plain(&origin.0, &origin.1, Some("application/json"), serde_json::to_vec(&object).unwrap())
+/// The event in a stream entry, under the one rule for what comes in (see
+/// [`inbound`]).
+fn event_of(origin: &(String, String), fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Event, Malformed> {
+    inbound::admit(decode_fields(fields, (&origin.0, &origin.1)), || Received {
+        link: &origin.0,
+        address: &origin.1,
+        metadata: fields
+            .iter()
+            .filter(|(name, _)| name != DATA_FIELD.as_bytes())
+            .map(|(k, v)| (inbound::text(k).into_owned(), inbound::text(v).into_owned()))
+            .collect(),
+        content_type: None,
+        body: fields
+            .iter()
+            .find(|(name, _)| name == DATA_FIELD.as_bytes())
+            .map_or(&[], |(_, v)| v.as_slice()),
     })
 }
 
@@ -472,7 +585,7 @@ impl Subscription for StreamWatch {
         loop {
             if let Some((id, fields)) = self.buffer.pop_front() {
                 self.last = id;
-                return Some(Delivery::new(
+                return Some(Delivery::received(
                     event_of(&self.origin, &fields),
                     1,
                     Box::new(NothingToSettle),
@@ -481,7 +594,7 @@ impl Subscription for StreamWatch {
             if self.stopping {
                 return None;
             }
-            let read: redis::RedisResult<StreamReadReply> = redis::cmd("XREAD")
+            let read: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
                 .arg("BLOCK")
                 .arg(BLOCK.as_millis() as u64)
                 .arg("STREAMS")
@@ -490,7 +603,7 @@ impl Subscription for StreamWatch {
                 .query_async(&mut self.conn)
                 .await;
             match read {
-                Ok(reply) => self.buffer.extend(entries(reply)),
+                Ok(reply) => self.buffer.extend(raw::read(reply)),
                 Err(e) => {
                     tracing::debug!(link = %self.origin.0, stream = %self.origin.1, "Redis read failed: {e}");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -549,8 +662,7 @@ impl GroupReads {
         for id in ids {
             cmd.arg(id);
         }
-        let reply: redis::streams::StreamClaimReply = cmd.query_async(&mut self.conn).await?;
-        Ok(reply.ids.into_iter().map(entry).collect())
+        Ok(raw::claimed(cmd.query_async(&mut self.conn).await?))
     }
 
     /// The delivery count of pending entries.
@@ -613,7 +725,7 @@ impl GroupReads {
                 return Ok((self.attempts(claimed).await?, cursor));
             }
         }
-        let reply: StreamReadReply = redis::cmd("XREADGROUP")
+        let reply: redis::Value = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(&self.group)
             .arg(&self.consumer)
@@ -626,7 +738,7 @@ impl GroupReads {
             .arg(">")
             .query_async(&mut self.conn)
             .await?;
-        Ok((entries(reply).into_iter().map(|e| (e, 1)).collect(), None))
+        Ok((raw::read(reply).into_iter().map(|e| (e, 1)).collect(), None))
     }
 }
 
@@ -703,7 +815,7 @@ impl Subscription for GroupReader {
                     id,
                     claim_after: self.reads.claim_after,
                 };
-                return Some(Delivery::new(
+                return Some(Delivery::received(
                     event_of(&self.origin, &fields),
                     attempt,
                     Box::new(ack),

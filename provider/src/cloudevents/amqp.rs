@@ -39,7 +39,7 @@ mod tests {
         let (h, _, _) = BINARY.encode_message(&e, ContentMode::Binary);
         assert!(h.contains(&("cloudEvents_tenant".into(), "a b".into())));
         let plain = BINARY
-            .decode_message(&[], Some("text/plain"), b"hi", ("rabbit", "q"))
+            .decode_message::<&str, &[u8]>(&[], Some("text/plain"), b"hi", ("rabbit", "q"))
             .unwrap();
         assert_eq!(plain.source, "urn:trigger-messaging:rabbit:q");
         assert_eq!(plain.datacontenttype.as_deref(), Some("text/plain"));

@@ -6,7 +6,7 @@
 //! as the protocol's own content type.
 
 use super::{Event, JSON_FORMAT, is_structured, json};
-use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode, utf8_percent_encode};
 
 /// How a binding writes events: attributes as protocol metadata (binary
 /// mode) or the whole event as one JSON document (structured mode). Readers
@@ -75,12 +75,15 @@ impl BinaryMode {
         out
     }
 
-    /// Reads an event from metadata entries; `None` when there is no
-    /// `specversion` entry (a plain message). `content_type` is the protocol's content
-    /// type, used when `datacontenttype` is not an attribute here.
+    /// Reads an event from metadata entries (values as the bytes that came);
+    /// `None` when there is no `specversion` entry (a plain message).
+    /// `content_type` is the protocol's content type, used when
+    /// `datacontenttype` is not an attribute here. Percent-encoded bindings
+    /// also take raw UTF-8 values (be liberal in what you accept); a value
+    /// that is not UTF-8 either way is an error naming its entry.
     pub fn read<'a>(
         &self,
-        entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+        entries: impl IntoIterator<Item = (&'a str, &'a [u8])>,
         content_type: Option<&str>,
         data: Option<Vec<u8>>,
     ) -> Result<Option<Event>, String> {
@@ -98,12 +101,12 @@ impl BinaryMode {
             };
             found |= attr == "specversion";
             let value = if self.percent_encoded {
-                percent_decode_str(raw)
+                percent_decode(raw)
                     .decode_utf8()
                     .map_err(|_| format!("`{key}` does not percent-decode to UTF-8"))?
                     .into_owned()
             } else {
-                raw.to_string()
+                String::from_utf8(raw.to_vec()).map_err(|_| format!("`{key}` is not UTF-8"))?
             };
             match attr.as_str() {
                 "specversion" => event.specversion = value,
@@ -128,12 +131,22 @@ impl BinaryMode {
     }
 
     /// A whole message for an event: metadata entries, the protocol content
-    /// type, and the body. Structured mode carries the JSON format instead.
+    /// type, and the body. Structured mode carries the JSON format instead,
+    /// as does binary mode when the data content type is a CloudEvents format
+    /// that would go in the protocol's content type (it would read back as
+    /// structured mode).
     pub fn encode_message(
         &self,
         event: &Event,
         mode: ContentMode,
     ) -> (Vec<(String, String)>, Option<String>, Vec<u8>) {
+        let binary_unreadable =
+            !self.content_type_as_attribute && is_structured(event.datacontenttype.as_deref());
+        let mode = if binary_unreadable {
+            ContentMode::Structured
+        } else {
+            mode
+        };
         match mode {
             ContentMode::Binary => {
                 let content_type = event
@@ -153,9 +166,9 @@ impl BinaryMode {
     /// The event in a received message, in whichever mode it came; a message
     /// with no CloudEvent in it is wrapped, its source naming `origin`
     /// (link, address).
-    pub fn decode_message(
+    pub fn decode_message<K: AsRef<str>, V: AsRef<[u8]>>(
         &self,
-        entries: &[(String, String)],
+        entries: &[(K, V)],
         content_type: Option<&str>,
         body: &[u8],
         origin: (&str, &str),
@@ -165,7 +178,7 @@ impl BinaryMode {
         }
         let data = (!body.is_empty() || content_type.is_some()).then(|| body.to_vec());
         match self.read(
-            entries.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            entries.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
             content_type,
             data,
         )? {
@@ -203,10 +216,10 @@ mod tests {
         let e = AMQP_LIKE
             .read(
                 [
-                    ("cloudEvents:id", "1"),
-                    ("cloudEvents_specversion", "1.0"),
-                    ("cloudEvents_type", "t"),
-                    ("other", "x"),
+                    ("cloudEvents:id", &b"1"[..]),
+                    ("cloudEvents_specversion", b"1.0"),
+                    ("cloudEvents_type", b"t"),
+                    ("other", b"x"),
                 ],
                 Some("text/plain"),
                 None,
@@ -217,13 +230,45 @@ mod tests {
             (e.id.as_str(), e.ty.as_str(), e.datacontenttype.as_deref()),
             ("1", "t", Some("text/plain"))
         );
-        assert_eq!(AMQP_LIKE.read([("other", "x")], None, None).unwrap(), None);
+        assert_eq!(
+            AMQP_LIKE.read([("other", &b"x"[..])], None, None).unwrap(),
+            None
+        );
         assert_eq!(
             AMQP_LIKE
-                .read([("cloudEvents_id", "1")], None, None)
+                .read([("cloudEvents_id", &b"1"[..])], None, None)
                 .unwrap(),
             None,
             "no specversion, no CloudEvent"
         );
+    }
+
+    #[test]
+    fn values_may_be_raw_utf8_or_percent_encoded_but_must_be_utf8() {
+        const PERCENT: BinaryMode = BinaryMode {
+            prefixes: &["ce-"],
+            percent_encoded: true,
+            content_type_as_attribute: true,
+        };
+        let read = |mode: BinaryMode, subject: &[u8]| {
+            mode.read(
+                [
+                    ("ce-specversion", &b"1.0"[..]),
+                    ("ce-subject", subject),
+                    ("cloudEvents_subject", subject),
+                    ("cloudEvents_specversion", b"1.0"),
+                ],
+                None,
+                None,
+            )
+            .map(|e| e.unwrap().subject.unwrap())
+        };
+        assert_eq!(read(PERCENT, "ünï".as_bytes()).unwrap(), "ünï");
+        assert_eq!(read(PERCENT, b"%C3%BCn%C3%AF").unwrap(), "ünï");
+        assert_eq!(read(AMQP_LIKE, "ünï".as_bytes()).unwrap(), "ünï");
+        for bad in [&b"\xff"[..], b"%FF", b"a%C3"] {
+            assert!(read(PERCENT, bad).unwrap_err().contains("ce-subject"));
+        }
+        assert!(read(AMQP_LIKE, b"\xff").unwrap_err().contains("not UTF-8"));
     }
 }

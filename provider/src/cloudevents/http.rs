@@ -17,11 +17,13 @@ pub const BINARY: BinaryMode = BinaryMode {
 /// Reads an event from an HTTP request or response, in whichever mode its
 /// content type says.
 pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Event, String> {
+    // UTF-8, like every other value: a valid event's content type may hold
+    // any text, and `encode_binary` sends it as it is.
     let content_type = headers
         .get(CONTENT_TYPE)
         .map(|v| {
-            v.to_str()
-                .map_err(|_| "the Content-Type header is not ASCII".to_string())
+            std::str::from_utf8(v.as_bytes())
+                .map_err(|_| "the Content-Type header is not UTF-8".to_string())
         })
         .transpose()?;
     let lowered = content_type.map(str::to_ascii_lowercase);
@@ -39,13 +41,11 @@ fn decode_binary(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<Event, String> {
-    let mut entries = Vec::new();
-    for (name, value) in headers {
-        let value = value
-            .to_str()
-            .map_err(|_| format!("header `{name}` is not ASCII; percent-encode it"))?;
-        entries.push((name.as_str(), value));
-    }
+    // Values go as bytes: raw UTF-8 is taken as well as percent-encoding
+    // (the CloudEvents Python SDK, for one, sends non-ASCII values raw).
+    let entries = headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()));
     let data = (!body.is_empty() || content_type.is_some()).then(|| body.to_vec());
     BINARY.read(entries, content_type, data)?.ok_or_else(|| {
         format!(
@@ -54,15 +54,23 @@ fn decode_binary(
     })
 }
 
-/// Writes an event in binary mode: returns the headers and the body.
+/// Writes an event in binary mode: returns the headers and the body. An
+/// event whose data content type is a CloudEvents format goes in structured
+/// mode, since that `Content-Type` would read back as structured mode.
 pub fn encode_binary(event: &Event) -> (HeaderMap, Vec<u8>) {
+    if super::is_structured(event.datacontenttype.as_deref()) {
+        return encode_structured(event);
+    }
     let mut headers = HeaderMap::new();
     for (name, value) in BINARY.write(event) {
-        headers.append(
-            HeaderName::from_bytes(name.as_bytes())
-                .expect("attribute names are valid header names"),
-            HeaderValue::from_str(&value).expect("percent-encoded values are valid header values"),
-        );
+        // Valid events always convert: extension names are a-z0-9 and
+        // values are percent-encoded to printable ASCII.
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.append(name, value);
+        }
     }
     if let Some(ct) = &event.datacontenttype
         && let Ok(v) = HeaderValue::from_str(ct)
@@ -103,6 +111,21 @@ mod tests {
         e.datacontenttype = Some("application/json".into());
         let (headers, body) = encode_structured(&e);
         assert_eq!(decode(&headers, &body).unwrap(), e);
+    }
+
+    #[test]
+    fn raw_utf8_values_are_taken_and_bytes_that_are_not_utf8_refused() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-type", "t")] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        headers.insert(
+            "ce-source",
+            HeaderValue::from_bytes("urn:ü".as_bytes()).unwrap(),
+        );
+        assert_eq!(decode(&headers, b"").unwrap().source, "urn:ü");
+        headers.insert("ce-source", HeaderValue::from_bytes(b"urn:\xff").unwrap());
+        assert!(decode(&headers, b"").unwrap_err().contains("ce-source"));
     }
 
     #[test]

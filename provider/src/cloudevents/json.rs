@@ -40,17 +40,13 @@ pub fn encode(event: &Event) -> Vec<u8> {
         doc.pop(); // the closing brace; the map is never empty
         doc.push(',');
         let content_type = event.datacontenttype.as_deref();
-        let json_data = content_type.is_none_or(is_json_media_type)
-            && serde_json::from_slice::<&RawValue>(data).is_ok();
+        let json_data = content_type.is_none_or(is_json_media_type) && reads_back_as_json(data);
         if json_data {
             doc.push_str("\"data\":");
-            doc.push_str(
-                std::str::from_utf8(data)
-                    .expect("valid JSON is UTF-8")
-                    .trim(),
-            );
+            doc.push_str(std::str::from_utf8(data).expect("valid JSON is UTF-8"));
         } else if let (Some(ct), Ok(text)) = (content_type, std::str::from_utf8(data))
             && ct.trim_start().to_ascii_lowercase().starts_with("text/")
+            && !is_json_media_type(ct)
         {
             doc.push_str("\"data\":");
             doc.push_str(&serde_json::to_string(text).expect("a string serialises"));
@@ -64,11 +60,35 @@ pub fn encode(event: &Event) -> Vec<u8> {
     doc.into_bytes()
 }
 
+/// Whether `data` can go in `data` as JSON and be read back byte for byte:
+/// one JSON value that [`decode`] parses one level down in a document (so
+/// within serde_json's nesting limit, no number out of range, no lone
+/// surrogate), with no whitespace around it (which [`decode`] does not
+/// keep), and not `null` (which means no data).
+fn reads_back_as_json(data: &[u8]) -> bool {
+    if data.trim_ascii() != data || data == b"null" {
+        return false;
+    }
+    if serde_json::from_slice::<&RawValue>(data).is_err() {
+        return false;
+    }
+    let mut nested = Vec::with_capacity(data.len() + 2);
+    nested.push(b'[');
+    nested.extend_from_slice(data);
+    nested.push(b']');
+    serde_json::from_slice::<Value>(&nested).is_ok()
+}
+
 /// Decodes a JSON format document. Extension values that are JSON numbers or
 /// booleans become their JSON text. The error names what is wrong.
 pub fn decode(bytes: &[u8]) -> Result<Event, String> {
     let doc: Map<String, Value> = serde_json::from_slice(bytes)
         .map_err(|e| format!("not a CloudEvents JSON document: {e}"))?;
+    decode_document(&doc, bytes)
+}
+
+/// Decodes a document already parsed into `doc` from `bytes`.
+fn decode_document(doc: &Map<String, Value>, bytes: &[u8]) -> Result<Event, String> {
     // `data` is read a second time as raw text, so JSON data keeps its bytes.
     #[derive(serde::Deserialize)]
     struct RawData<'a> {
@@ -78,7 +98,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, String> {
     let raw: RawData = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
 
     let mut event = Event::default();
-    for (name, value) in &doc {
+    for (name, value) in doc {
         let text = |value: &Value| -> Result<String, String> {
             match value {
                 Value::String(s) => Ok(s.clone()),
@@ -128,14 +148,18 @@ pub fn decode(bytes: &[u8]) -> Result<Event, String> {
 }
 
 /// The event in a payload that carries no metadata (Redis pub/sub, MQTT
-/// 3.1.1): a CloudEvents JSON document, or else a plain message, wrapped
-/// with its source naming `origin` (link, address).
-pub fn decode_or_wrap(payload: &[u8], origin: (&str, &str)) -> Event {
-    let looks_structured = serde_json::from_slice::<Map<String, Value>>(payload)
-        .is_ok_and(|m| m.contains_key("specversion"));
-    match looks_structured.then(|| decode(payload)) {
-        Some(Ok(event)) => event,
-        _ => Event::wrap_plain(origin.0, origin.1, None, payload.to_vec()),
+/// 3.1.1): a JSON object with `specversion` is a CloudEvents document (and
+/// an error when it does not decode); anything else is a plain message,
+/// wrapped with its source naming `origin` (link, address).
+pub fn decode_or_wrap(payload: &[u8], origin: (&str, &str)) -> Result<Event, String> {
+    match serde_json::from_slice::<Map<String, Value>>(payload) {
+        Ok(doc) if doc.contains_key("specversion") => decode_document(&doc, payload),
+        _ => Ok(Event::wrap_plain(
+            origin.0,
+            origin.1,
+            None,
+            payload.to_vec(),
+        )),
     }
 }
 

@@ -4,9 +4,12 @@
 pub mod amqp;
 pub mod binary;
 pub mod http;
+pub mod inbound;
 pub mod json;
 pub mod mqtt;
 pub mod nats;
+#[cfg(test)]
+mod proptests;
 pub mod redis;
 
 pub use binary::ContentMode;
@@ -129,8 +132,45 @@ impl Event {
                 format!("attribute `time` is not an RFC 3339 timestamp ({time:?}: {e})")
             })?;
         }
+        // A name given twice has no meaning in the JSON format, which keeps
+        // one of them: the event would not read back as it was sent.
+        let mut names = std::collections::BTreeSet::new();
         for (name, _) in &self.extensions {
             validate_extension_name(name)?;
+            if !names.insert(name.as_str()) {
+                return Err(format!("extension `{name}` is given more than once"));
+            }
+        }
+        let optional = [
+            ("datacontenttype", &self.datacontenttype),
+            ("dataschema", &self.dataschema),
+            ("subject", &self.subject),
+            ("time", &self.time),
+        ];
+        let attributes = [
+            ("specversion", &self.specversion),
+            ("id", &self.id),
+            ("source", &self.source),
+            ("type", &self.ty),
+        ]
+        .into_iter()
+        .chain(
+            optional
+                .into_iter()
+                .filter_map(|(name, value)| Some((name, value.as_ref()?))),
+        )
+        .chain(
+            self.extensions
+                .iter()
+                .map(|(name, value)| (name.as_str(), value)),
+        );
+        for (name, value) in attributes {
+            if let Some(c) = value.chars().find(|&c| !allowed_in_string(c)) {
+                return Err(format!(
+                    "attribute `{name}` holds {}, which a CloudEvents string may not",
+                    c.escape_unicode()
+                ));
+            }
         }
         Ok(())
     }
@@ -138,19 +178,25 @@ impl Event {
     /// Wraps a message that carries no CloudEvents metadata (a plain
     /// publisher) into a valid event: a new UUID as `id`, `source`
     /// `urn:trigger-messaging:<link>:<address>`, type [`PLAIN_TYPE`], and the
-    /// broker's content type as `datacontenttype` when it has one.
+    /// broker's content type as `datacontenttype` when it has one. Characters
+    /// an attribute may not hold are escaped ([`inbound::printable`]).
     pub fn wrap_plain(
         link: &str,
         address: &str,
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> Event {
+        use inbound::printable;
         let mut event = Event::new(
             uuid::Uuid::new_v4().to_string(),
-            format!("urn:trigger-messaging:{link}:{address}"),
+            format!(
+                "urn:trigger-messaging:{}:{}",
+                printable(link),
+                printable(address)
+            ),
             PLAIN_TYPE,
         );
-        event.datacontenttype = content_type.map(Into::into);
+        event.datacontenttype = content_type.map(|ct| printable(ct).into_owned());
         event.data = Some(body);
         event
     }
@@ -162,6 +208,15 @@ impl Event {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// Whether a CloudEvents string may hold `c`: not a control character
+/// (U+0000-U+001F, U+007F-U+009F) nor a Unicode noncharacter (CloudEvents
+/// 1.0, "Type System"). This is also what makes every attribute safe in
+/// protocol headers and server-sent events.
+fn allowed_in_string(c: char) -> bool {
+    let noncharacter = matches!(c as u32, 0xFDD0..=0xFDEF) || (c as u32 & 0xFFFE) == 0xFFFE;
+    !c.is_control() && !noncharacter
 }
 
 /// Extension names are lower-case ASCII letters and digits (CloudEvents 1.0,
@@ -218,6 +273,27 @@ mod tests {
         assert!(e.validate().unwrap_err().contains("Bad-Name"));
         e.extensions = vec![("subject".into(), "x".into())];
         assert!(e.validate().unwrap_err().contains("context attribute"));
+        type Spoil = fn(&mut Event);
+        let spoilers: [(Spoil, &str); 6] = [
+            (|e: &mut Event| e.id = "a\nb".into(), "`id`"),
+            (|e: &mut Event| e.source = "a\rb".into(), "`source`"),
+            (|e: &mut Event| e.subject = Some("\0".into()), "`subject`"),
+            (|e: &mut Event| e.ty = "t\u{85}".into(), "`type`"),
+            (|e: &mut Event| e.id = "\u{FFFF}".into(), "`id`"),
+            (
+                |e: &mut Event| e.extensions = vec![("x".into(), "\u{7f}".into())],
+                "`x`",
+            ),
+        ];
+        for (spoil, attribute) in spoilers {
+            let mut e = Event::new("1", "src", "t");
+            spoil(&mut e);
+            let err = e.validate().unwrap_err();
+            assert!(err.contains(attribute), "{err}");
+        }
+        let mut e = Event::new("ünï ✓ 🎉", "urn:ü", "t");
+        e.subject = Some("tab-free text, \u{A0} and \u{FFFD}".into());
+        assert!(e.validate().is_ok());
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! object, unless it has only a `data` field).
 
 use super::binary::BinaryMode;
-use super::{Event, JSON_FORMAT, is_structured, json};
+use super::{Event, JSON_FORMAT, inbound, is_structured, json};
+use std::borrow::Cow;
 
 /// Stream-entry binary mode.
 pub const STREAM_FIELDS: BinaryMode = BinaryMode {
@@ -26,11 +27,11 @@ pub const DATA_FIELD: &str = "data";
 pub const CONTENT_TYPE_FIELD: &str = "content-type";
 
 /// The fields of a stream entry.
-pub fn encode_fields(event: &Event) -> Vec<(String, Vec<u8>)> {
-    let mut fields: Vec<(String, Vec<u8>)> = STREAM_FIELDS
+pub fn encode_fields(event: &Event) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut fields: Vec<(Vec<u8>, Vec<u8>)> = STREAM_FIELDS
         .write(event)
         .into_iter()
-        .map(|(k, v)| (k, v.into_bytes()))
+        .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
         .collect();
     if let Some(data) = &event.data {
         fields.push((DATA_FIELD.into(), data.clone()));
@@ -38,54 +39,55 @@ pub fn encode_fields(event: &Event) -> Vec<(String, Vec<u8>)> {
     fields
 }
 
-/// The event in a stream entry.
-pub fn decode_fields(fields: &[(String, Vec<u8>)], origin: (&str, &str)) -> Result<Event, String> {
+/// The event in a stream entry. Field names and values are bytes as they
+/// came; names that are not UTF-8 are read as [`inbound::text`], so that an
+/// attribute field with such a name is an invalid attribute and any other
+/// is kept.
+pub fn decode_fields(fields: &[(Vec<u8>, Vec<u8>)], origin: (&str, &str)) -> Result<Event, String> {
     let field = |name: &str| {
         fields
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v.as_slice())
     };
     let content_type = field(CONTENT_TYPE_FIELD).map(String::from_utf8_lossy);
     if is_structured(content_type.as_deref()) {
         return json::decode(field(DATA_FIELD).unwrap_or_default());
     }
-    let text: Vec<(&str, String)> = fields
+    let named: Vec<(Cow<str>, &[u8])> = fields
         .iter()
-        .filter(|(k, _)| k != DATA_FIELD)
-        .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v).into_owned()))
+        .filter(|(k, _)| k != DATA_FIELD.as_bytes())
+        .map(|(k, v)| (inbound::text(k), v.as_slice()))
         .collect();
     let data = field(DATA_FIELD).map(<[u8]>::to_vec);
     if let Some(event) =
-        STREAM_FIELDS.read(text.iter().map(|(k, v)| (*k, v.as_str())), None, data)?
+        STREAM_FIELDS.read(named.iter().map(|(k, v)| (k.as_ref(), *v)), None, data)?
     {
         return Ok(event);
     }
     Ok(match (fields, field(DATA_FIELD)) {
         ([_], Some(data)) => Event::wrap_plain(origin.0, origin.1, None, data.to_vec()),
-        _ => {
-            let object: serde_json::Map<String, serde_json::Value> = text
+        (_, Some(data)) => {
+            // A plain entry with a data field and others: the data is the payload.
+            Event::wrap_plain(origin.0, origin.1, None, data.to_vec())
+        }
+        (_, None) => {
+            let object: serde_json::Map<String, serde_json::Value> = named
                 .into_iter()
-                .map(|(k, v)| (k.to_string(), v.into()))
+                .map(|(k, v)| (k.into_owned(), inbound::text(v).into_owned().into()))
                 .collect();
-            let mut e = Event::wrap_plain(
+            Event::wrap_plain(
                 origin.0,
                 origin.1,
                 Some("application/json"),
-                serde_json::to_vec(&object).unwrap(),
-            );
-            if let Some(d) = field(DATA_FIELD) {
-                // A plain entry with a data field and others: keep the data as the payload.
-                e.data = Some(d.to_vec());
-                e.datacontenttype = None;
-            }
-            e
+                serde_json::Value::Object(object).to_string().into_bytes(),
+            )
         }
     })
 }
 
 /// Marks a structured-mode stream entry (the JSON format in `data`).
-pub fn structured_fields(event: &Event) -> Vec<(String, Vec<u8>)> {
+pub fn structured_fields(event: &Event) -> Vec<(Vec<u8>, Vec<u8>)> {
     vec![
         (CONTENT_TYPE_FIELD.into(), JSON_FORMAT.as_bytes().to_vec()),
         (DATA_FIELD.into(), json::encode(event)),
@@ -108,7 +110,7 @@ mod tests {
     #[test]
     fn every_mode_round_trips() {
         assert_eq!(
-            json::decode_or_wrap(&json::encode(&sample()), ("l", "a")),
+            json::decode_or_wrap(&json::encode(&sample()), ("l", "a")).unwrap(),
             sample()
         );
         assert_eq!(
@@ -123,15 +125,26 @@ mod tests {
 
     #[test]
     fn plain_messages_are_wrapped() {
-        let e = json::decode_or_wrap(b"hello", ("r", "chan"));
+        let e = json::decode_or_wrap(b"hello", ("r", "chan")).unwrap();
         assert_eq!(
             (e.source.as_str(), e.data.as_deref()),
             ("urn:trigger-messaging:r:chan", Some(&b"hello"[..]))
         );
-        let e = decode_fields(&[("data".into(), b"x".to_vec())], ("r", "s")).unwrap();
+        let e = decode_fields(&[(b"data".to_vec(), b"x".to_vec())], ("r", "s")).unwrap();
         assert_eq!(e.data.as_deref(), Some(&b"x"[..]));
-        let e = decode_fields(&[("sku".into(), b"A1".to_vec())], ("r", "s")).unwrap();
+        let e = decode_fields(&[(b"sku".to_vec(), b"A1".to_vec())], ("r", "s")).unwrap();
         assert_eq!(e.data.as_deref(), Some(&br#"{"sku":"A1"}"#[..]));
         assert_eq!(e.datacontenttype.as_deref(), Some("application/json"));
+        let e = decode_fields(&[(b"s\xffku".to_vec(), b"A\xc3".to_vec())], ("r", "s")).unwrap();
+        assert_eq!(e.data.as_deref(), Some(&br#"{"s\\xFFku":"A\\xC3"}"#[..]));
+        let err = decode_fields(
+            &[
+                (b"ce-specversion".to_vec(), b"1.0".to_vec()),
+                (b"ce-id".to_vec(), b"\xff".to_vec()),
+            ],
+            ("r", "s"),
+        )
+        .unwrap_err();
+        assert!(err.contains("ce-id"), "{err}");
     }
 }

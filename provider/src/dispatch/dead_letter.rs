@@ -18,7 +18,8 @@ pub const CHANNEL: &str = "deadletterchannel";
 pub const LINK: &str = "deadletterlink";
 /// The component whose handler failed.
 pub const COMPONENT: &str = "deadlettercomponent";
-/// Why the event is wrapped: what made it an invalid CloudEvent.
+/// Why the event is wrapped: what made it, or the message it came as, an
+/// invalid CloudEvent.
 pub const INVALID: &str = "deadletterinvalid";
 
 /// The `type` of a dead letter that wraps an invalid event.
@@ -36,11 +37,15 @@ pub(crate) struct Cause<'a> {
     pub address: &'a str,
     pub attempts: u32,
     pub error: &'a str,
+    /// The event wraps a received message that was not a valid CloudEvent
+    /// (see [`inbound`](crate::cloudevents::inbound)); `error` says why.
+    pub malformed: bool,
 }
 
 /// The dead letter for `event`.
 pub(crate) fn letter(event: &Event, cause: &Cause) -> Event {
     let (mut letter, invalid) = match event.validate() {
+        Ok(()) if cause.malformed => (event.clone(), Some(cause.error.to_string())),
         Ok(()) => (event.clone(), None),
         Err(why) => {
             let mut wrapper = Event::new(
@@ -107,6 +112,7 @@ mod tests {
             address: "shop.orders",
             attempts: 3,
             error,
+            malformed: false,
         }
     }
 

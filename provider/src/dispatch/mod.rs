@@ -224,6 +224,13 @@ impl Dispatcher {
         delivery: Delivery,
     ) {
         let spec = &channel.spec;
+        if let Some(reason) = delivery.malformed().map(str::to_string) {
+            // Not a valid CloudEvent: no handler sees it (see `inbound`).
+            let (wrapper, _, ack) = delivery.into_parts();
+            return self
+                .dead_letter(component, channel, wrapper, 0, &reason, ack)
+                .await;
+        }
         let (event, mut attempt, ack) = delivery.into_parts();
         // An open breaker lets new events through one at a time, after a
         // pause (the gate is held until the event is done); retries go on
@@ -378,7 +385,8 @@ impl Dispatcher {
             tracing::error!(
                 app = %component.identity.app, component = %component.spec.id, channel = %spec.name,
                 event_id = %event.id, event = %String::from_utf8_lossy(&json::encode(&event)),
-                "event dropped after {attempts} failed attempts ({error}); it is logged here in full (declare `dead_letter` on the channel to keep such events)"
+                "event dropped {}; it is logged here in full (declare `dead_letter` on the channel to keep such events)",
+                why_given_up(attempts, error)
             );
             let _ = ack.ack().await;
             return;
@@ -393,13 +401,14 @@ impl Dispatcher {
                 address: &spec.address,
                 attempts,
                 error,
+                malformed: attempts == 0,
             },
         );
         let mut waits = 0;
         loop {
             let refused = match app.send(dl, &letter).await {
                 Ok(()) => {
-                    tracing::warn!(app = %component.identity.app, channel = %spec.name, event_id = %event.id, dead_letter = %dl.spec.name, "event dead-lettered after {attempts} failed attempts");
+                    tracing::warn!(app = %component.identity.app, channel = %spec.name, event_id = %event.id, dead_letter = %dl.spec.name, "event dead-lettered {}", why_given_up(attempts, error));
                     let _ = ack.ack().await;
                     return;
                 }
@@ -412,8 +421,8 @@ impl Dispatcher {
                 tracing::error!(
                     app = %component.identity.app, component = %component.spec.id, channel = %spec.name,
                     event_id = %event.id, event = %String::from_utf8_lossy(&json::encode(&event)),
-                    "event dropped after {attempts} failed attempts ({error}): the dead-letter channel `{}` refused it ({refused}); it is logged here in full",
-                    dl.spec.name
+                    "event dropped {}: the dead-letter channel `{}` refused it ({refused}); it is logged here in full",
+                    why_given_up(attempts, error), dl.spec.name
                 );
                 let _ = ack.ack().await;
                 return;
@@ -464,5 +473,14 @@ impl Dispatcher {
             event_id = %event.id, event = %String::from_utf8_lossy(&json::encode(event)),
             "event not handled: {why}; it is logged here in full"
         );
+    }
+}
+
+/// Why an event was given up, for the log: after its attempts, or at once
+/// when it was not a valid CloudEvent (no attempts).
+fn why_given_up(attempts: u32, error: &str) -> String {
+    match attempts {
+        0 => format!("on arrival, without reaching a handler ({error})"),
+        n => format!("after {n} failed attempts ({error})"),
     }
 }

@@ -4,7 +4,7 @@
 //! [`super::load_app`]; errors point at the spin.toml keys (with lines, when
 //! the lock names a spin.toml that can still be read).
 
-use super::spin::{AppParts, TRIGGER_TYPE, build_app};
+use super::spin::{AppParts, Links, NamedLinks, TRIGGER_TYPE, build_app};
 use super::variables::{VariableDecl, Variables};
 use super::{ConfigError, ConfigErrors, KeyPath, TomlSource};
 use crate::app::App;
@@ -90,10 +90,22 @@ pub struct LockedAppLocation {
     pub local_app_dir: Option<PathBuf>,
 }
 
-/// Loads the messaging part of a Spin locked app.
+/// Loads the messaging part of a Spin locked app. `known_link` says which
+/// link names exist; names are checked against the rules every broker
+/// shares ([`load_locked_app_with_links`] checks them against each link's
+/// broker too).
 pub fn load_locked_app(
     location: &LockedAppLocation,
     known_link: &dyn Fn(&str) -> bool,
+) -> Result<App, ConfigErrors> {
+    load_locked_app_with_links(location, &NamedLinks(known_link))
+}
+
+/// Loads the messaging part of a Spin locked app, checking its channels
+/// against the links they are bound to (e.g. a [`super::RuntimeConfig`]).
+pub fn load_locked_app_with_links(
+    location: &LockedAppLocation,
+    links: &dyn Links,
 ) -> Result<App, ConfigErrors> {
     let lock_src = TomlSource::without_lines(&location.lock);
     let text = std::fs::read(&location.lock).map_err(|e| {
@@ -239,7 +251,7 @@ pub fn load_locked_app(
                 "component `{id}`: `files` are not mounted by trigger-messaging; the component sees no files"
             );
         }
-        let path = component_source(&c.source, &location.working_dir, id)
+        let path = component_source(&c.source, &location.working_dir)
             .map_err(|msg| errors.push(src.error(&key.key("source"), msg)))
             .ok()?;
         Some((path, c.env.clone().into_iter().collect()))
@@ -253,7 +265,7 @@ pub fn load_locked_app(
         app_messaging,
         triggers: Some(triggers),
     };
-    build_app(parts, known_link, &mut component, errors)
+    build_app(parts, links, &mut component, errors)
 }
 
 /// The names of host requirements that are not optional.
@@ -268,11 +280,7 @@ fn required(reqs: &BTreeMap<String, Value>) -> impl Iterator<Item = String> + '_
 
 /// The Wasm file of a component: a `file://` source as it is, inline bytes
 /// checked against their digest and written into the working directory.
-fn component_source(
-    source: &LockedSource,
-    working_dir: &Path,
-    id: &str,
-) -> Result<PathBuf, String> {
+fn component_source(source: &LockedSource, working_dir: &Path) -> Result<PathBuf, String> {
     if source.content_type != "application/wasm" {
         return Err(format!(
             "content type `{}` is not a Wasm component (application/wasm)",
@@ -292,8 +300,10 @@ fn component_source(
                 "the inline source has digest {digest}, not {expected}"
             ));
         }
+        // Named by content, not by component id: an id is whatever the lock
+        // says, and must not choose where a file is written.
         let dir = working_dir.join("trigger-messaging");
-        let path = dir.join(format!("{id}.wasm"));
+        let path = dir.join(format!("{}.wasm", digest.replace(':', "-")));
         std::fs::create_dir_all(&dir)
             .and_then(|()| std::fs::write(&path, &bytes))
             .map_err(|e| format!("cannot write the inline source to {}: {e}", path.display()))?;

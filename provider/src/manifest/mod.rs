@@ -9,7 +9,7 @@ mod spin;
 mod variables;
 
 pub use crate::config::{ConfigError, ConfigErrors, KeyPath, TomlSource};
-pub use locked::{LockedAppLocation, load_locked_app};
+pub use locked::{LockedAppLocation, load_locked_app, load_locked_app_with_links};
 pub use runtime_config::RuntimeConfig;
-pub use spin::load_app;
+pub use spin::{Links, load_app, load_app_with_links};
 pub use variables::Variables;

@@ -13,8 +13,8 @@
 //! Tables Spin itself reads (`key_value_store`, ...) are left to Spin; any
 //! other unknown key is an error.
 
-use super::{ConfigError, ConfigErrors, KeyPath, TomlSource, Variables};
-use crate::broker::{LinkRegistry, PreparedLink};
+use super::{ConfigError, ConfigErrors, KeyPath, Links, TomlSource, Variables};
+use crate::broker::{ChannelNames, Invalid, LinkRegistry, PreparedLink};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -101,6 +101,19 @@ impl RuntimeConfig {
     /// Whether a link of this name exists.
     pub fn has_link(&self, name: &str) -> bool {
         self.links.contains_key(name)
+    }
+}
+
+/// Apps loaded against a runtime config have their channels' names checked
+/// against the rules of the broker each channel's link is bound to.
+impl Links for RuntimeConfig {
+    fn has_link(&self, name: &str) -> bool {
+        self.links.contains_key(name)
+    }
+    fn check_channel(&self, link: &str, names: &ChannelNames) -> Result<(), Invalid> {
+        self.links
+            .get(link)
+            .map_or(Ok(()), |l| l.check_channel(names))
     }
 }
 

@@ -7,6 +7,7 @@
 use super::variables::{VariableDecl, Variables};
 use super::{ConfigError, ConfigErrors, KeyPath, TomlSource};
 use crate::app::{App, Channel, ChannelKind, ComponentSpec, RetryPolicy, defaults};
+use crate::broker::{ChannelNames, Invalid, MAX_PAYLOAD_LIMIT, names, show_duration};
 
 /// The range of `max_in_flight` (the provider's instance pool, the sum over
 /// every component, holds at most 2,048).
@@ -105,9 +106,41 @@ struct RawTrigger {
     max_memory: Option<bytesize::ByteSize>,
 }
 
+/// What an app loader is told about the runtime config's links: which
+/// exist, and the rules each one's broker puts on the names a channel uses
+/// there, so that a bad name is reported at its key and line in the app.
+pub trait Links {
+    /// Whether a link of this name exists (`default` always does).
+    fn has_link(&self, name: &str) -> bool;
+    /// Checks a channel's broker-side names against the rules of `link`,
+    /// which exists; the error's key is `address` or `group`.
+    fn check_channel(&self, link: &str, names: &ChannelNames) -> Result<(), Invalid>;
+}
+
+/// Links known by name alone: channel names are checked against the rules
+/// every broker shares, not against a particular broker's.
+pub(crate) struct NamedLinks<'a>(pub &'a dyn Fn(&str) -> bool);
+
+impl Links for NamedLinks<'_> {
+    fn has_link(&self, name: &str) -> bool {
+        (self.0)(name)
+    }
+    fn check_channel(&self, _: &str, _: &ChannelNames) -> Result<(), Invalid> {
+        Ok(())
+    }
+}
+
 /// Loads one app from a spin.toml. `known_link` says which link names the
-/// runtime config defines (`default` always exists).
+/// runtime config defines (`default` always exists); names are checked
+/// against the rules every broker shares ([`load_app_with_links`] checks
+/// them against each link's broker too).
 pub fn load_app(path: &Path, known_link: &dyn Fn(&str) -> bool) -> Result<App, ConfigErrors> {
+    load_app_with_links(path, &NamedLinks(known_link))
+}
+
+/// Loads one app from a spin.toml, checking its channels against the links
+/// they are bound to (e.g. a [`super::RuntimeConfig`]).
+pub fn load_app_with_links(path: &Path, links: &dyn Links) -> Result<App, ConfigErrors> {
     let (src, table) = TomlSource::read(path)?;
     let root = KeyPath::default();
     let raw: RawManifest = src.deserialize(&root, toml::Value::Table(table))?;
@@ -139,7 +172,7 @@ pub fn load_app(path: &Path, known_link: &dyn Fn(&str) -> bool) -> Result<App, C
         let source = component_source(&src, base, id, c, errors)?;
         Some((source, c.environment.clone().into_iter().collect()))
     };
-    build_app(parts, known_link, &mut component, errors)
+    build_app(parts, links, &mut component, errors)
 }
 
 /// What a spin.toml and a Spin locked app both hold, in spin.toml's terms:
@@ -166,7 +199,7 @@ pub(crate) type ComponentLookup<'a> = dyn FnMut(&str, &KeyPath, &mut Vec<ConfigE
 /// reporting every mistake at once (after those already in `errors`).
 pub(crate) fn build_app(
     parts: AppParts,
-    known_link: &dyn Fn(&str) -> bool,
+    links: &dyn Links,
     component: &mut ComponentLookup,
     mut errors: Vec<ConfigError>,
 ) -> Result<App, ConfigErrors> {
@@ -182,11 +215,23 @@ pub(crate) fn build_app(
         None => Vec::new(),
     };
 
+    // Channels events are published to: their addresses may not be wildcards.
+    let published: BTreeSet<String> = triggers
+        .iter()
+        .flat_map(|t| t.publish.iter().cloned())
+        .chain(
+            app_messaging
+                .channels
+                .values()
+                .filter_map(|c| c.dead_letter.clone()),
+        )
+        .collect();
     let channels = channels(
         src,
         &app_at,
         app_messaging.channels,
-        known_link,
+        links,
+        &published,
         &mut errors,
     );
     let mut components = Vec::new();
@@ -231,14 +276,17 @@ pub(crate) fn build_app(
         {
             errors.push(src.error(
                 &at.key("max_in_flight"),
-                format!("must be between 1 and {MAX_IN_FLIGHT}"),
+                format!("must be between 1 and {MAX_IN_FLIGHT} (got {n})"),
             ));
         }
         let max_memory = t.max_memory.map_or(defaults::MAX_MEMORY, |m| m.as_u64());
         if !(MIN_MEMORY..=MAX_MEMORY).contains(&max_memory) {
             errors.push(src.error(
                 &at.key("max_memory"),
-                "must be between 1 MiB and 4 GiB (e.g. \"128 MiB\")",
+                format!(
+                    "must be between 1 MiB and 4 GiB (e.g. \"128 MiB\"; got {})",
+                    bytesize::ByteSize::b(max_memory).display().iec()
+                ),
             ));
         }
         components.push(ComponentSpec {
@@ -282,51 +330,97 @@ fn channels(
     src: &TomlSource,
     at: &KeyPath,
     raw: BTreeMap<String, RawChannel>,
-    known_link: &dyn Fn(&str) -> bool,
+    links: &dyn Links,
+    published: &BTreeSet<String>,
     errors: &mut Vec<ConfigError>,
 ) -> BTreeMap<String, Channel> {
     let names: BTreeSet<String> = raw.keys().cloned().collect();
     let mut out = BTreeMap::new();
     for (name, c) in raw {
         let at = at.key("channels").key(&name);
-        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        let name_ok =
+            !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !name_ok {
             errors.push(src.error(
                 &at,
                 "channel names must be non-empty and contain no whitespace",
             ));
         }
         let link = c.link.unwrap_or_else(|| "default".into());
-        if !known_link(&link) {
+        let link_known = links.has_link(&link);
+        if !link_known {
             errors.push(src.error(&at.key("link"), format!("no link `{link}`: define [messaging_link.{link}] in the runtime config (--runtime-config-file)")));
         }
+        let address_given = c.address.is_some();
         let address = c.address.unwrap_or_else(|| name.clone());
-        if address.is_empty() {
-            errors.push(src.error(&at.key("address"), "must not be empty"));
+        let group_given = c.group.is_some();
+        let group = c.group.unwrap_or_else(|| address.clone());
+        // The rules every broker shares first; then the link's own, which
+        // also cover the names the link derives from these.
+        let mut names_ok = name_ok;
+        for (key, value, given) in [
+            ("address", &address, address_given),
+            ("group", &group, group_given),
+        ] {
+            if given && let Err(why) = names::common(value) {
+                names_ok = false;
+                errors.push(src.error(&at.key(key), why));
+            }
         }
-        if c.max_payload == Some(0) {
-            errors.push(src.error(&at.key("max_payload"), "must be at least 1 byte"));
+        if names_ok && link_known {
+            let on_broker = ChannelNames {
+                address: &address,
+                group: (c.kind == ChannelKind::Queue).then_some(group.as_str()),
+                published: published.contains(&name),
+            };
+            if let Err(e) = links.check_channel(&link, &on_broker) {
+                let default = match (e.key, address_given, group_given) {
+                    ("address", false, _) => {
+                        "; the address defaults to the channel name: set `address`"
+                    }
+                    ("group", _, false) => "; the group defaults to the address: set `group`",
+                    _ => "",
+                };
+                errors.push(src.error(
+                    &at.key(e.key),
+                    format!("{} (on link `{link}`{default})", e.message),
+                ));
+            }
+        }
+        if let Some(n) = c.max_payload
+            && !(1..=MAX_PAYLOAD_LIMIT).contains(&n)
+        {
+            errors.push(src.error(
+                &at.key("max_payload"),
+                format!("must be between 1 and {MAX_PAYLOAD_LIMIT} bytes (got {n})"),
+            ));
         }
         if let Some(n) = c.max_attempts
             && !(1..=MAX_ATTEMPTS).contains(&n)
         {
             errors.push(src.error(
                 &at.key("max_attempts"),
-                format!("must be between 1 and {MAX_ATTEMPTS}"),
+                format!("must be between 1 and {MAX_ATTEMPTS} (got {n})"),
             ));
         }
         let retry = RetryPolicy {
             delay: c.retry_delay.unwrap_or(defaults::RETRY_DELAY),
             max_delay: c.max_retry_delay.unwrap_or(defaults::MAX_RETRY_DELAY),
         };
+        let show = show_duration;
         if !(MIN_RETRY_DELAY..=MAX_RETRY_DELAY).contains(&retry.delay) {
-            errors.push(src.error(&at.key("retry_delay"), "must be between 10ms and 1h"));
+            errors.push(src.error(
+                &at.key("retry_delay"),
+                format!("must be between 10ms and 1h (got {})", show(retry.delay)),
+            ));
         }
         if !(retry.delay..=MAX_RETRY_DELAY).contains(&retry.max_delay) {
             errors.push(src.error(
                 &at.key("max_retry_delay"),
                 format!(
-                    "must be between `retry_delay` ({}) and 1h",
-                    humantime::format_duration(retry.delay)
+                    "must be between `retry_delay` ({}) and 1h (got {})",
+                    show(retry.delay),
+                    show(retry.max_delay)
                 ),
             ));
         }
@@ -341,7 +435,7 @@ fn channels(
         out.insert(
             name.clone(),
             Channel {
-                group: c.group.unwrap_or_else(|| address.clone()),
+                group,
                 name,
                 kind: c.kind,
                 link,

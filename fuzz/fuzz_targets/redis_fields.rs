@@ -1,0 +1,14 @@
+//! Redis stream entries in either mode (`redis::decode_fields`: field/value
+//! byte pairs, `data` the body), and `encode_fields` / `structured_fields`
+//! of any event.
+//! The first input byte picks the mode (see `fuzz_checks`).
+#![no_main]
+
+use fuzz_checks::{Binding, fuzz_binding};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    for binding in [Binding::RedisStream] {
+        fuzz_binding(binding, data);
+    }
+});
