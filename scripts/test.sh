@@ -27,6 +27,9 @@ ensure Mosquitto 1883 mosquitto -d -c /etc/mosquitto/mosquitto.conf
 rustup target add wasm32-wasip2
 # Clients that are not ours, for the interoperation and hostile-input tests.
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore nats-py pika redis paho-mqtt cloudevents
+# The Python and JavaScript guests' toolchains (the tests build those samples).
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore componentize-py==0.25.1
+(cd sample-apps/counter-js && npm ci --no-audit --no-fund --loglevel=error)
 # The tests build the guests themselves too; doing it here shows the output.
 (cd sample-apps && cargo build --target wasm32-wasip2 --release)
 (cd tests/fixtures && cargo build --target wasm32-wasip2 --release)

@@ -15,7 +15,7 @@ use messaging_provider::broker::{Broker, SubscribeMode};
 use messaging_provider::cloudevents::Event;
 use messaging_provider::host::bindings::Channel;
 use messaging_provider::host::{
-    CacheSetting, ComponentOutput, Host, HostOptions, InstanceIdentity, MessagingCtx,
+    CacheSetting, ComponentOutput, Grants, Host, HostOptions, InstanceIdentity, MessagingCtx,
     MessagingError, PoolSize,
 };
 use messaging_provider::{Provider, ProviderOptions};
@@ -78,6 +78,7 @@ async fn per_message(pooling: bool, wasm: &Path, n: usize) -> Duration {
         messaging: Arc::new(Sink),
         output: ComponentOutput::console("bench", "relay"),
         max_memory: 64 << 20,
+        grants: Grants::none("bench", "relay"),
     };
     for i in 0..50 {
         host.handle(&component, &who, order(i)).await.unwrap();

@@ -1,6 +1,10 @@
 //! The app model: what an app declares, validated and resolved, independent
 //! of where it was read from (a spin.toml, or a Spin locked app).
 
+mod allowed_hosts;
+
+pub use allowed_hosts::{AllowedHosts, well_known_port};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
@@ -85,6 +89,25 @@ pub struct ComponentSpec {
     pub environment: Vec<(String, String)>,
     /// The largest its instances' linear memory may grow, in bytes.
     pub max_memory: u64,
+    /// Its variables, resolved: what Spin's variables interface and
+    /// `wasi:config/store` answer it.
+    pub variables: ComponentVariables,
+    /// Where its outbound HTTP may go (`allowed_outbound_hosts`).
+    pub allowed_outbound_hosts: AllowedHosts,
+    /// The key-value stores it may open, by label (`key_value_stores`).
+    pub key_value_stores: BTreeSet<String>,
+}
+
+/// A component's variables (`[component.<id>.variables]`) with their
+/// values resolved. Values may be secrets, so they are never printed: the
+/// `Debug` form shows names only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ComponentVariables(pub BTreeMap<String, String>);
+
+impl fmt::Debug for ComponentVariables {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 /// The waits between attempts: `delay` after the first failure, doubled
@@ -106,6 +129,31 @@ impl RetryPolicy {
             .saturating_mul(1 << doublings)
             .min(self.max_delay)
     }
+}
+
+/// Why `name` cannot be a variable name, or `None` when it can: Spin's rule,
+/// lower-case words of letters and digits, each starting with a letter,
+/// joined by single `_` (`api_url`, `v2`; not `Api`, `_x`, `a__b`, `a_1`).
+pub fn variable_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("must not be empty");
+    }
+    for word in name.split('_') {
+        let mut chars = word.chars();
+        match chars.next() {
+            None => {
+                return Some("words must be separated by a single `_`, with none at either end");
+            }
+            Some(c) if !c.is_ascii_lowercase() => {
+                return Some("each `_`-separated word must start with a lower-case letter");
+            }
+            _ => {}
+        }
+        if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+            return Some("may contain only lower-case letters, digits and `_`");
+        }
+    }
+    None
 }
 
 impl ComponentSpec {
@@ -134,6 +182,18 @@ pub mod defaults {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variable_names_follow_spin() {
+        for good in ["a", "api_url", "v2", "a1b2", "x_y_z"] {
+            assert_eq!(variable_name_problem(good), None, "{good}");
+        }
+        for bad in [
+            "", "Api", "1a", "_x", "x_", "a__b", "a_1", "x-y", "x.y", "ü",
+        ] {
+            assert!(variable_name_problem(bad).is_some(), "{bad}");
+        }
+    }
 
     #[test]
     fn retry_waits_double_up_to_their_limit() {

@@ -1,5 +1,5 @@
 //! The `trigger-messaging` command line: `up` runs apps; `publish` and
-//! `tail` are clients of a running provider's `--listen` endpoint. With no
+//! `tail` are clients of a running provider's `--messaging-listen` endpoint. With no
 //! subcommand it is Spin's trigger plugin, launched by `spin up`.
 
 use crate::broker::LinkRegistry;
@@ -7,7 +7,7 @@ use crate::cloudevents::{self, Event};
 use crate::host::{CacheSetting, HostOptions};
 use crate::http::EndpointOptions;
 use crate::http::access::{self, ApiToken, ApiTokens};
-use crate::manifest::{LockedAppLocation, RuntimeConfig, load_locked_app};
+use crate::manifest::{LockedAppLocation, RuntimeConfig, load_locked_app_with_links};
 use crate::provider::{Follow, OutputOptions, Provider, ProviderOptions, UserPath};
 use anyhow::Context as _;
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
@@ -66,28 +66,55 @@ pub struct SpinLaunchArgs {
     precompose_only: bool,
 }
 
-/// How apps run: the options `up` and `spin up` share, named as Spin's own
-/// triggers name them.
+/// How apps run: the options `up` and `spin up` share. Spin's common
+/// trigger options keep Spin's names; our own are named so that no Spin
+/// trigger takes them too (`spin up` hands a flag to every trigger that
+/// names it), with the short names `up` has always had as aliases.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The runtime config that binds link names to brokers.
+    /// Spin's runtime config: links (`[messaging_link.<name>]`), key-value
+    /// stores (`[key_value_store.<label>]`) and Spin's own settings.
     #[arg(long, env = "RUNTIME_CONFIG_FILE", value_name = "FILE")]
     runtime_config_file: Option<PathBuf>,
+    /// A runtime config of links only (`[messaging_link.<name>]`), read by
+    /// this trigger alone: for apps with an http component, whose runtime
+    /// config Spin's http trigger reads too.
+    #[arg(
+        long,
+        env = "TRIGGER_MESSAGING_RUNTIME_CONFIG_FILE",
+        value_name = "FILE"
+    )]
+    messaging_runtime_config_file: Option<PathBuf>,
     /// Serve the HTTP endpoint for `publish` and `tail` on this address.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(
+        long = "messaging-listen",
+        alias = "listen",
+        env = "TRIGGER_MESSAGING_LISTEN",
+        value_name = "ADDR"
+    )]
     listen: Option<SocketAddr>,
-    /// A file holding the API token every `--listen` request must carry
+    /// A file holding the API token every `--messaging-listen` request must carry
     /// (or give the token itself in TRIGGER_MESSAGING_API_TOKEN).
     #[arg(long, env = access::TOKEN_FILE_ENV, value_name = "FILE")]
     api_token_file: Option<PathBuf>,
     /// `APP=FILE`: a token, read from FILE, that reaches only APP's channels; repeatable.
     #[arg(long = "app-token-file", value_name = "APP=FILE")]
     app_token_files: Vec<String>,
-    /// Serve `--listen` over https with this certificate chain (PEM).
-    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "listen"])]
+    /// Serve `--messaging-listen` over https with this certificate chain (PEM).
+    #[arg(
+        long = "messaging-tls-cert",
+        alias = "tls-cert",
+        value_name = "FILE",
+        requires_all = ["tls_key", "listen"]
+    )]
     tls_cert: Option<PathBuf>,
-    /// The private key (PEM) of `--tls-cert`.
-    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "listen"])]
+    /// The private key (PEM) of `--messaging-tls-cert`.
+    #[arg(
+        long = "messaging-tls-key",
+        alias = "tls-key",
+        value_name = "FILE",
+        requires_all = ["tls_cert", "listen"]
+    )]
     tls_key: Option<PathBuf>,
     /// How long in-flight handlers may run after a stop is asked for.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -134,7 +161,7 @@ fn path_or_empty() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
 
 #[derive(Args, Debug)]
 struct Endpoint {
-    /// The `--listen` address of the running provider (`https://` when it serves TLS).
+    /// The `--messaging-listen` address of the running provider (`https://` when it serves TLS).
     #[arg(
         long,
         env = "TRIGGER_MESSAGING_URL",
@@ -334,13 +361,14 @@ impl RunArgs {
         };
         ProviderOptions {
             runtime_config: self.runtime_config_file.clone(),
+            messaging_runtime_config: self.messaging_runtime_config_file.clone(),
             host,
             output,
             ..ProviderOptions::default()
         }
     }
 
-    /// The `--listen` endpoint's tokens and TLS, checked: per-app tokens
+    /// The `--messaging-listen` endpoint's tokens and TLS, checked: per-app tokens
     /// name loaded apps, and an address other machines can reach needs a
     /// token. Tokens are never printed; only where they came from is.
     fn endpoint_options(
@@ -403,7 +431,7 @@ impl RunArgs {
             );
             if tls.is_none() && !addr.ip().is_loopback() {
                 tracing::warn!(
-                    "the API token travels unencrypted to {addr}: serve https with --tls-cert and --tls-key"
+                    "the API token travels unencrypted to {addr}: serve https with --messaging-tls-cert and --messaging-tls-key"
                 );
             }
         }
@@ -474,8 +502,12 @@ pub async fn spin_launch(args: SpinLaunchArgs) -> anyhow::Result<()> {
     };
     if args.precompose_only {
         let registry = LinkRegistry::default();
-        let config = RuntimeConfig::load(options.runtime_config.as_deref(), &registry)?;
-        load_locked_app(&locked, &|link| config.has_link(link))?;
+        let config = RuntimeConfig::load_files(
+            options.runtime_config.as_deref(),
+            options.messaging_runtime_config.as_deref(),
+            &registry,
+        )?;
+        load_locked_app_with_links(&locked, &config)?;
         return Ok(());
     }
     run(options, &args.run).await
@@ -590,7 +622,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| {
             format!(
-                "cannot reach {}: is `trigger-messaging up --listen` running?",
+                "cannot reach {}: is `trigger-messaging up --messaging-listen` running?",
                 args.endpoint.url
             )
         })?;
@@ -612,7 +644,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| {
             format!(
-                "cannot reach {}: is `trigger-messaging up --listen` running?",
+                "cannot reach {}: is `trigger-messaging up --messaging-listen` running?",
                 args.endpoint.url
             )
         })?;

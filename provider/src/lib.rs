@@ -7,7 +7,8 @@
 //! [`manifest`] (spin.toml and runtime config) → [`app`] (the validated app
 //! model) → [`host`] (wasmtime, one fresh instance per message) →
 //! [`dispatch`] (deliveries to handlers, retries, dead letters) →
-//! [`broker`] (one link per broker behind one trait).
+//! [`broker`] (one link per broker behind one trait); [`keyvalue`] holds
+//! the stores components keep state in.
 #![deny(missing_docs)]
 
 pub mod app;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod dispatch;
 pub mod host;
 pub mod http;
+pub mod keyvalue;
 pub mod manifest;
 pub mod provider;
 

@@ -3,7 +3,8 @@
 use crate::app::App;
 use crate::broker::{Broker, LinkRegistry};
 use crate::dispatch::{AppRuntime, Dispatcher, DrainReport};
-use crate::host::{ComponentOutput, Host, HostOptions, PoolSize};
+use crate::host::{ComponentOutput, Grants, Host, HostOptions, PoolSize};
+use crate::keyvalue::{DEFAULT_STORE, KeyValueStore, StoreConfig, Stores};
 use crate::manifest::{self, ConfigError, ConfigErrors, LockedAppLocation, RuntimeConfig};
 use anyhow::Context as _;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -19,8 +20,12 @@ pub struct ProviderOptions {
     /// A Spin locked app (how `spin up` launches the plugin); loaded in
     /// place of `manifests`.
     pub locked: Option<LockedAppLocation>,
-    /// The runtime config binding link names to brokers.
+    /// Spin's runtime config: links, key-value stores, state and log
+    /// directories.
     pub runtime_config: Option<PathBuf>,
+    /// The messaging runtime config: links only, for apps whose runtime
+    /// config Spin's own triggers read too.
+    pub messaging_runtime_config: Option<PathBuf>,
     /// How components run.
     pub host: HostOptions,
     /// Where components' stdout and stderr go.
@@ -77,6 +82,33 @@ impl UserPath {
 }
 
 impl OutputOptions {
+    /// The runtime config's `state_dir` and `log_dir`, where the command
+    /// line gave none (as Spin's triggers take them).
+    fn with_runtime_config(mut self, config: &RuntimeConfig) -> OutputOptions {
+        for (given, from_file) in [
+            (&mut self.state_dir, &config.state_dir),
+            (&mut self.log_dir, &config.log_dir),
+        ] {
+            if matches!(given, UserPath::Default)
+                && let Some(dir) = from_file
+            {
+                *given = UserPath::from_arg(Some(dir));
+            }
+        }
+        self
+    }
+
+    /// The state directory of `app` (its default key-value store lives
+    /// there), if it has one.
+    fn state_dir(&self, app: &App, apps: usize) -> Option<PathBuf> {
+        match &self.state_dir {
+            UserPath::Given(dir) if apps > 1 => Some(dir.join(&app.name)),
+            UserPath::Given(dir) => Some(dir.clone()),
+            UserPath::Unset => None,
+            UserPath::Default => app.dir.as_ref().map(|d| d.join(".spin")),
+        }
+    }
+
     /// The log directory of `app`, if its output is written to files.
     fn log_dir(&self, app: &App, apps: usize) -> Option<PathBuf> {
         match &self.log_dir {
@@ -84,12 +116,7 @@ impl OutputOptions {
             UserPath::Given(dir) if apps > 1 => Some(dir.join(&app.name)),
             UserPath::Given(dir) => Some(dir.clone()),
             UserPath::Unset => None,
-            UserPath::Default => match &self.state_dir {
-                UserPath::Given(dir) if apps > 1 => Some(dir.join(&app.name).join("logs")),
-                UserPath::Given(dir) => Some(dir.join("logs")),
-                UserPath::Unset => None,
-                UserPath::Default => app.dir.as_ref().map(|d| d.join(".spin").join("logs")),
-            },
+            UserPath::Default => self.state_dir(app, apps).map(|d| d.join("logs")),
         }
     }
 
@@ -114,6 +141,9 @@ impl OutputOptions {
 pub struct Provider {
     apps: BTreeMap<String, Arc<AppRuntime>>,
     links: BTreeMap<String, (String, Arc<dyn Broker>)>,
+    /// The key-value stores the apps' components use: (app, label) and
+    /// where the data is.
+    stores: BTreeMap<(String, String), String>,
     dispatcher: Arc<Dispatcher>,
 }
 
@@ -123,7 +153,12 @@ impl Provider {
     /// apps use. Nothing runs until [`Provider::start`].
     pub async fn load(options: ProviderOptions) -> anyhow::Result<Provider> {
         let registry = LinkRegistry::default();
-        let config = RuntimeConfig::load(options.runtime_config.as_deref(), &registry)?;
+        let config = RuntimeConfig::load_files(
+            options.runtime_config.as_deref(),
+            options.messaging_runtime_config.as_deref(),
+            &registry,
+        )?;
+        let output = options.output.clone().with_runtime_config(&config);
         let apps = match &options.locked {
             Some(locked) => vec![manifest::load_locked_app_with_links(locked, &config)?],
             None => load_apps(&options.manifests, &config)?,
@@ -162,16 +197,35 @@ impl Provider {
         }
 
         let mut runtimes = BTreeMap::new();
+        let mut store_list = BTreeMap::new();
         let app_count = apps.len();
+        let stores = Stores::default();
         for app in apps {
+            let app_stores =
+                open_stores(&app, &config, &stores, output.state_dir(&app, app_count))?;
             let mut prepared = HashMap::new();
             for c in &app.components {
                 let (host, source) = (host.clone(), c.source.clone());
                 let component = tokio::task::spawn_blocking(move || host.prepare(&source))
                     .await?
                     .with_context(|| format!("app `{}`, component `{}`", app.name, c.id))?;
-                let output = options.output.output(&app, &c.id, app_count)?;
-                prepared.insert(c.id.clone(), (component, output));
+                let component_output = output.output(&app, &c.id, app_count)?;
+                let granted = c
+                    .key_value_stores
+                    .iter()
+                    .filter_map(|label| Some((label.clone(), app_stores.get(label)?.0.clone())))
+                    .collect();
+                let grants = Grants::new(
+                    &app.name,
+                    &c.id,
+                    c.variables.clone(),
+                    granted,
+                    c.allowed_outbound_hosts.clone(),
+                );
+                prepared.insert(c.id.clone(), (component, component_output, grants));
+            }
+            for (label, (_, description)) in app_stores {
+                store_list.insert((app.name.clone(), label), description);
             }
             let app_links = links
                 .iter()
@@ -185,6 +239,7 @@ impl Provider {
         Ok(Provider {
             apps: runtimes,
             links,
+            stores: store_list,
             dispatcher,
         })
     }
@@ -260,11 +315,34 @@ impl Provider {
                     "      may subscribe: {}",
                     list(&mut c.subscribe.iter())
                 );
+                if !c.key_value_stores.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "      key-value:     {}",
+                        list(&mut c.key_value_stores.iter())
+                    );
+                }
+                if !c.allowed_outbound_hosts.is_empty() {
+                    let _ = writeln!(out, "      outbound HTTP: {}", c.allowed_outbound_hosts);
+                }
+                if !c.variables.0.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "      variables:     {}",
+                        list(&mut c.variables.0.keys())
+                    );
+                }
             }
         }
         let _ = writeln!(out, "Links:");
         for (name, (description, _)) in &self.links {
             let _ = writeln!(out, "  {name:<16} {description}");
+        }
+        if !self.stores.is_empty() {
+            let _ = writeln!(out, "Key-value stores:");
+            for ((app, label), description) in &self.stores {
+                let _ = writeln!(out, "  {app}/{label:<12} {description}");
+            }
         }
         out
     }
@@ -279,6 +357,35 @@ impl Provider {
         }
         report
     }
+}
+
+/// Opens the key-value stores an app's components name: `default` in its
+/// state directory unless the runtime config rebinds it. By label: the
+/// store and where its data is.
+fn open_stores(
+    app: &App,
+    config: &RuntimeConfig,
+    stores: &Stores,
+    state_dir: Option<PathBuf>,
+) -> anyhow::Result<BTreeMap<String, (Arc<dyn KeyValueStore>, String)>> {
+    let labels: BTreeSet<&String> = app
+        .components
+        .iter()
+        .flat_map(|c| &c.key_value_stores)
+        .collect();
+    let mut opened = BTreeMap::new();
+    for label in labels {
+        let store_config = match config.key_value_stores.get(label) {
+            Some(c) => c.clone(),
+            None if label == DEFAULT_STORE => StoreConfig::default_for(state_dir.as_deref()),
+            None => anyhow::bail!("no key-value store `{label}` in the runtime config"),
+        };
+        let store = stores
+            .open(label, &store_config)
+            .with_context(|| format!("app `{}`, key-value store `{label}`", app.name))?;
+        opened.insert(label.clone(), (store, store_config.describe()));
+    }
+    Ok(opened)
 }
 
 /// Loads every manifest, collecting all their errors, and checks that app

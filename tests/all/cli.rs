@@ -65,9 +65,9 @@ fn up_runs_the_relay_and_publish_and_tail_drive_it() {
     assert_eq!(shipped["tenant"], "blue");
     assert_eq!(shipped["relayedfrom"], "cli-1");
 
-    // Guest stdout reaches the log, prefixed with app and component.
+    // Guest stdout reaches the console, prefixed with app and component.
     provider.wait_for(
-        "stderr",
+        "stdout",
         "[relay/relay] order cli-1 shipped as cli-1-shipped",
     );
 
@@ -105,7 +105,7 @@ fn sigterm_lets_in_flight_handlers_finish_within_the_deadline() {
         "{}",
         publish.all()
     );
-    provider.wait_for("stderr", "probe got slow");
+    provider.wait_for("stdout", "probe got slow");
     provider.terminate();
     // The handler finishes (and publishes) during the drain, then the process exits 0.
     tail.wait_for("stdout", "slow-result");
@@ -131,7 +131,7 @@ fn sigterm_gives_up_on_handlers_past_the_deadline() {
         "20000",
     ]);
     assert_eq!(publish.wait_exit(Duration::from_secs(30)), 0);
-    provider.wait_for("stderr", "probe got long");
+    provider.wait_for("stdout", "probe got long");
     let asked = Instant::now();
     provider.terminate();
     assert_eq!(provider.wait_exit(Duration::from_secs(10)), 0);

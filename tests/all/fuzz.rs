@@ -60,7 +60,7 @@ impl Scratch {
 fn sample_manifests() -> Vec<String> {
     let repo = crate::support::repo();
     let mut out = Vec::new();
-    for app in ["relay", "watcher"] {
+    for app in ["relay", "watcher", "counter"] {
         let text =
             std::fs::read_to_string(repo.join("sample-apps").join(app).join("spin.toml")).unwrap();
         let source = format!("../../target/wasm/wasm32-wasip2/release/{app}.wasm");
@@ -84,6 +84,10 @@ max_memory = "64MiB"
 [component.probe]
 source = "probe.wasm"
 environment = { A = "b" }
+allowed_outbound_hosts = ["https://{{ prefix }}.example.com", "*://10.0.0.0/8:8000..8100", "http://[::1]:*"]
+key_value_stores = ["default"]
+[component.probe.variables]
+api = "https://{{ prefix }}.example.com/v1"
 "#
         .to_string(),
     );
@@ -100,7 +104,9 @@ fn sample_runtime_configs() -> Vec<String> {
     out.push(
         "[messaging_link.events]\ntype = \"embedded\"\ncapacity = 256\npublish_timeout = \"1s\"\n\
          [messaging_link.js]\ntype = \"nats\"\njetstream = true\nbatch = 8\n\
-         [key_value_store.default]\ntype = \"spin\"\n"
+         [key_value_store.default]\ntype = \"spin\"\npath = \"kv.db\"\n\
+         [key_value_store.cache]\ntype = \"redis\"\nurl = \"redis://127.0.0.1\"\n\
+         [key_value_store.cosmos]\ntype = \"azure_cosmos\"\n"
             .to_string(),
     );
     out
@@ -113,6 +119,7 @@ fn sample_lock(scratch: &Scratch) -> String {
     std::fs::read_to_string(path)
         .unwrap()
         .replace("{probe}", probe.as_str())
+        .replace("{api_port}", "8080")
 }
 
 /// Every error names `file`; an error about a part of it names its key or

@@ -408,3 +408,70 @@ async fn compiled_components_are_cached_across_restarts() {
     second.prepare(probe).unwrap();
     assert_eq!(second.cache_hits(), Some(1), "a restart must not recompile");
 }
+
+#[test]
+fn a_component_importing_what_the_host_lacks_is_refused_naming_each_import() {
+    let host = Host::new(
+        test_host(),
+        PoolSize {
+            instances: 4,
+            max_memory: 64 << 20,
+        },
+    )
+    .unwrap();
+    let error = match host.prepare(&guests().unhosted) {
+        Ok(_) => panic!("a component with unhosted imports was prepared"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("imports what this host does not provide"),
+        "{error}"
+    );
+    assert!(
+        error.contains("acme:gadget/gadget@1.0.0: not hosted by trigger-messaging"),
+        "{error}"
+    );
+    assert!(
+        error.contains(
+            "wasi:keyvalue/store@0.2.0-draft: this host provides wasi:keyvalue@0.2.0-draft2"
+        ),
+        "{error}"
+    );
+    // What the probe imports (wasi:http, wasi:keyvalue, wasi:config, Spin's
+    // variables and key-value) is all hosted.
+    host.prepare(&guests().probe).unwrap();
+}
+
+#[test]
+fn guest_output_reaches_the_console_with_no_log_filter_set() {
+    let app = probe_app("chatty-default", "", r#"publish = ["results"]"#);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_trigger-messaging"));
+    command
+        .args([
+            "up",
+            "-f",
+            app.manifest.to_str().unwrap(),
+            "--messaging-listen",
+            &listen,
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut running = Running::adopt(command.spawn().unwrap());
+    running.wait_for("stdout", "Ready");
+    cli_publish(&[
+        "--url",
+        &format!("http://{listen}"),
+        "chatty-default",
+        "inbox",
+        "--type",
+        "note",
+        "--id",
+        "n-1",
+    ]);
+    running.wait_for("stdout", "[chatty-default/probe] probe got n-1 (note)");
+    running.terminate();
+    assert_eq!(running.wait_exit(Duration::from_secs(20)), 0);
+}

@@ -428,7 +428,7 @@ fn runtime_config_mistakes_are_located() {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         file.path(),
-        "[key_value_store.default]\ntype = \"redis\"\n[messaging_link.x]\ntype = \"embedded\"\n",
+        "state_dir = \"\"\n[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1\"\n[sqlite_database.default]\ntype = \"spin\"\n[outbound_http]\nconnection_pooling = true\n[messaging_link.x]\ntype = \"embedded\"\n",
     )
     .unwrap();
     let config = RuntimeConfig::load(Some(file.path()), &LinkRegistry::default()).unwrap();

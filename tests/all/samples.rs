@@ -116,3 +116,66 @@ async fn the_relay_runs_on_every_broker_by_runtime_config_alone() {
         provider.shutdown(Duration::from_secs(5)).await;
     }
 }
+
+/// The counter, in Rust, Python and JavaScript: each visit asks a local
+/// HTTP API for a quote and counts in the `default` key-value store.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_counter_calls_an_api_and_counts_in_every_language() {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let api = axum::Router::new().route("/quote", get(|| async { "Simple is better.\n" }));
+    tokio::spawn(async move { axum::serve(listener, api).await.unwrap() });
+    // SAFETY: set before any provider reads it; only this test reads it.
+    unsafe {
+        std::env::set_var(
+            "SPIN_VARIABLE_API_ORIGIN",
+            format!("http://127.0.0.1:{port}"),
+        )
+    };
+
+    guests();
+    let foreign = foreign_guests();
+    for (sample, built) in [
+        ("counter", None),
+        ("counter-py", Some(&foreign.python)),
+        ("counter-js", Some(&foreign.javascript)),
+    ] {
+        if let Some(built) = built {
+            assert!(built.is_file(), "{} was not built", built.display());
+        }
+        let state = tempfile::tempdir().unwrap();
+        init_logging();
+        let provider = messaging_provider::Provider::load(messaging_provider::ProviderOptions {
+            manifests: vec![repo().join("sample-apps").join(sample).join("spin.toml")],
+            host: test_host(),
+            output: messaging_provider::provider::OutputOptions {
+                state_dir: messaging_provider::provider::UserPath::Given(state.path().into()),
+                ..quiet()
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{sample}: {e:#}"));
+        provider.start().await.unwrap();
+        let mut counts = watch(&provider, sample, "counts").await;
+        for n in 1..=2 {
+            let id = format!("{sample}-visit-{n}");
+            send(&provider, sample, "visits", event(&id, "com.example.visit")).await;
+            let counted = counts.next_with_id(&format!("{id}-counted")).await;
+            assert_eq!(counted.ty, "com.example.visit.counted", "{sample}");
+            let data: serde_json::Value =
+                serde_json::from_slice(counted.data.as_deref().unwrap()).unwrap();
+            assert_eq!(
+                data,
+                serde_json::json!({"visits": n, "quote": "Simple is better."}),
+                "{sample}"
+            );
+        }
+        provider.shutdown(Duration::from_secs(5)).await;
+        assert!(
+            state.path().join("sqlite_key_value.db").is_file(),
+            "{sample}"
+        );
+    }
+}

@@ -78,14 +78,27 @@ fn lock_of(manifest: &Path) -> Value {
         .iter()
         .map(|(id, c)| {
             let source = dir.join(c["source"].as_str().unwrap());
-            json!({
+            let value = |key: &str| c.get(key).map(|v| serde_json::to_value(v).unwrap());
+            let mut metadata = serde_json::Map::new();
+            for key in ["allowed_outbound_hosts", "key_value_stores"] {
+                if let Some(v) = value(key) {
+                    metadata.insert(key.into(), v);
+                }
+            }
+            let mut component = json!({
                 "id": id,
                 "source": {
                     "content_type": "application/wasm",
                     "source": url::Url::from_file_path(&source).unwrap().to_string(),
                 },
-                "env": c.get("environment").map(|e| serde_json::to_value(e).unwrap()).unwrap_or(json!({})),
-            })
+                "env": value("environment").unwrap_or(json!({})),
+                "metadata": metadata,
+            });
+            // Spin keeps a component's variables, templates unresolved, as `config`.
+            if let Some(variables) = value("variables") {
+                component["config"] = variables;
+            }
+            component
         })
         .collect();
     json!({
@@ -221,7 +234,7 @@ fn spin_up_launch_runs_the_relay_sample_exactly_like_up() {
     let line = tail.wait_for("stdout", "spin-1-shipped");
     let shipped: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(shipped["data"]["status"], "shipped");
-    launched.wait_for("stderr", "[relay/relay] order spin-1 shipped");
+    launched.wait_for("stdout", "[relay/relay] order spin-1 shipped");
 
     // Spin's default log directory is `<state dir>/logs`, one file per stream.
     let log = std::fs::read_to_string(state.path().join("logs/relay_stdout.txt")).unwrap();
@@ -290,7 +303,7 @@ fn follow_quiet_and_log_dir_choose_where_component_output_goes() {
     );
     launched.wait_for("stdout", "Ready");
     publish_news(&format!("http://{listen}"), "chatty", "n-1");
-    launched.wait_for("stderr", "[chatty/alpha] probe got n-1");
+    launched.wait_for("stdout", "[chatty/alpha] probe got n-1");
     let read = |file: &str| std::fs::read_to_string(logs.path().join(file)).unwrap_or_default();
     wait_until(|| read("beta_stdout.txt").contains("probe got n-1"));
     assert!(read("alpha_stdout.txt").contains("probe got n-1 (note)"));
@@ -553,7 +566,8 @@ fn spin_queries_are_answered_without_an_app() {
         "--quiet",
         "--disable-cache",
         "--cache",
-        "--listen",
+        "--messaging-listen",
+        "--messaging-runtime-config-file",
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
@@ -583,6 +597,14 @@ fn spin_queries_are_answered_without_an_app() {
         flags.contains(&json!({"long": "--log-dir", "short": "-L"})),
         "{meta}"
     );
+    // Flags Spin's http trigger owns are not claimed: `spin up` would hand
+    // them to both triggers.
+    for owned in ["--listen", "--tls-cert", "--tls-key", "--find-free-port"] {
+        assert!(
+            flags.iter().all(|f| f["long"] != owned),
+            "{owned} is claimed: {meta}"
+        );
+    }
 
     // No subcommand and no Spin: the usual usage error.
     let out = Command::new(BIN)
@@ -751,19 +773,123 @@ fn the_plugin_package_installs_and_runs_as_spin_runs_it() {
     );
 }
 
-#[test]
-fn a_mixed_app_lock_runs_only_its_messaging_components() {
+/// The flags Spin 4.0.2's http trigger claims in its `--launch-metadata-only`
+/// answer: its own (crates/trigger-http) and every trigger's common ones
+/// (crates/trigger, crates/runtime-factors).
+const SPIN_HTTP_TRIGGER_FLAGS: &[&str] = &[
+    "--listen",
+    "--tls-cert",
+    "--tls-key",
+    "--http1-max-buf-size",
+    "--find-free-port",
+    "--format",
+    "--max-instance-reuse-count",
+    "--max-instance-concurrent-reuse-count",
+    "--request-timeout",
+    "--idle-instance-timeout",
+    "-L",
+    "--log-dir",
+    "--truncate-logs",
+    "--disable-cache",
+    "--cache",
+    "--disable-pooling",
+    "--debug-info",
+    "--follow",
+    "-q",
+    "--quiet",
+    "--runtime-config-file",
+    "--state-dir",
+    "--allow-transient-write",
+    "--experimental-wasi-otel",
+    "--key-value",
+    "--sqlite",
+    "--max-instance-memory",
+    "--variable",
+    "--help-args-only",
+    "--launch-metadata-only",
+];
+
+/// The top-level runtime-config keys Spin's http trigger reads; any other
+/// stops it (`unused runtime config key(s)`).
+const SPIN_RUNTIME_CONFIG_KEYS: &[&str] = &[
+    "state_dir",
+    "log_dir",
+    "max_instance_memory",
+    "key_value_store",
+    "sqlite_database",
+    "llm_compute",
+    "variables_provider",
+    "config_provider",
+    "outbound_networking",
+    "client_tls",
+    "outbound_http",
+];
+
+/// Splits `spin up`'s trigger arguments between the triggers of an app with
+/// several trigger types, as Spin does (src/commands/up.rs): a flag starts a
+/// group, the next argument not starting with `-` is its value, and a group
+/// goes to every trigger whose launch metadata names its flag; a flag no
+/// trigger names is an error.
+fn route_as_spin_up(args: &[&str], triggers: &[Vec<String>]) -> Result<Vec<Vec<String>>, String> {
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    for arg in args {
+        match groups.last_mut() {
+            Some(group)
+                if !arg.starts_with('-') && group.len() == 1 && group[0].starts_with('-') =>
+            {
+                group.push(arg.to_string())
+            }
+            _ => groups.push(vec![arg.to_string()]),
+        }
+    }
+    let mut routed = vec![Vec::new(); triggers.len()];
+    for group in groups {
+        let mut claimed = false;
+        for (flags, args) in triggers.iter().zip(&mut routed) {
+            if flags.contains(&group[0]) {
+                args.extend(group.iter().cloned());
+                claimed = true;
+            }
+        }
+        if !claimed {
+            return Err(format!("Unrecognised trigger option {:?}", group[0]));
+        }
+    }
+    Ok(routed)
+}
+
+/// The flags this plugin claims, from its `--launch-metadata-only` answer.
+fn our_flags() -> Vec<String> {
+    let out = Command::new(BIN)
+        .arg("--launch-metadata-only")
+        .output()
+        .unwrap();
+    let meta: Value = serde_json::from_slice(&out.stderr).unwrap();
+    meta["all_flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| [f.get("long"), f.get("short")])
+        .flatten()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mixed_app_runs_under_spin_up_with_its_links_in_a_file_of_their_own() {
     // Written by hand from Spin's locked-app format: an HTTP trigger whose
     // component needs service chaining and has a secret with no value, and a
-    // messaging worker with metadata, `files` and `config` Spin's own
-    // triggers would use. The messaging trigger takes only its own part.
+    // messaging worker with metadata, `files`, variables (`config`), outbound
+    // hosts and a key-value store. The messaging trigger takes only its part.
     guests();
+    let api = crate::outbound::api_server().await;
     let text = std::fs::read_to_string(repo().join("tests/fixtures/spin/mixed.lock.json"))
         .unwrap()
         .replace(
             "{probe}",
             url::Url::from_file_path(&guests().probe).unwrap().as_str(),
-        );
+        )
+        .replace("{api_port}", &api.to_string());
     let spin = SpinUp::new(&serde_json::from_str(&text).unwrap(), None);
     let app = load_locked_app(&spin.location(), &|link| link == "default").unwrap();
     assert_eq!(app.name, "mixed");
@@ -778,20 +904,132 @@ fn a_mixed_app_lock_runs_only_its_messaging_components() {
             .contains(&("FROM_SPIN_UP_E".into(), "yes".into()))
     );
 
-    // And it runs: a job in, the worker's copy out.
+    // The runtime config both triggers get holds only what Spin's http
+    // trigger reads; the links are in the messaging runtime config.
+    let files = tempfile::tempdir().unwrap();
+    let runtime_config = files.path().join("runtime-config.toml");
+    std::fs::write(&runtime_config, "state_dir = \"state\"\n\n[key_value_store.default]\ntype = \"spin\"\npath = \"kv/default.db\"\n").unwrap();
+    let spin_tables: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&runtime_config).unwrap()).unwrap();
+    assert!(
+        spin_tables
+            .keys()
+            .all(|k| SPIN_RUNTIME_CONFIG_KEYS.contains(&k.as_str()))
+    );
+    let links = files.path().join("links.toml");
+    std::fs::write(
+        &links,
+        "[messaging_link.default]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n",
+    )
+    .unwrap();
+
+    // What the user types after `spin up`, routed as Spin routes it.
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut launched = spin.launch(BIN, &["--listen", &listen]);
+    let (rc, links) = (runtime_config.to_str().unwrap(), links.to_str().unwrap());
+    let typed = [
+        "--listen",
+        "127.0.0.1:3000",
+        "--runtime-config-file",
+        rc,
+        "--messaging-runtime-config-file",
+        links,
+        "--messaging-listen",
+        &listen,
+        "--log-dir",
+        "",
+    ];
+    let http_flags: Vec<String> = SPIN_HTTP_TRIGGER_FLAGS
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    let routed = route_as_spin_up(&typed, &[http_flags, our_flags()]).unwrap();
+    let (to_http, to_us) = (&routed[0], &routed[1]);
+    assert_eq!(
+        to_http,
+        &[
+            "--listen",
+            "127.0.0.1:3000",
+            "--runtime-config-file",
+            rc,
+            "--log-dir",
+            ""
+        ]
+    );
+    assert_eq!(
+        to_us,
+        &[
+            "--runtime-config-file",
+            rc,
+            "--messaging-runtime-config-file",
+            links,
+            "--messaging-listen",
+            &listen,
+            "--log-dir",
+            ""
+        ]
+    );
+
+    // And it runs: jobs in, the worker's reports out, over NATS.
+    let args: Vec<&str> = to_us.iter().map(String::as_str).collect();
+    let mut launched = spin.launch(BIN, &args);
     launched.wait_for("stderr", "`files` are not mounted");
     launched.wait_for("stdout", "Ready");
+    launched.wait_for("stdout", "nats://127.0.0.1:4222");
     let url = format!("http://{listen}");
-    let tail = run(&["tail", "--url", &url, "mixed", "results", "-n", "1"]);
+    let tail = run(&["tail", "--url", &url, "mixed", "results", "-n", "4"]);
     tail.wait_for("stderr", "watching `results`");
     cli_publish(&[
         "--url", &url, "mixed", "jobs", "--type", "job", "--id", "j-1",
     ]);
-    let line = tail.wait_for("stdout", "\"j-1\"");
-    assert!(line.contains(r#""handledby":"worker""#), "{line}");
+    let copy = tail.wait_for("stdout", "\"j-1\"");
+    assert!(copy.contains(r#""handledby":"worker""#), "{copy}");
+    // Its variables, its outbound hosts and its key-value store, from the lock.
+    let api_url = format!("http://127.0.0.1:{api}/hello");
+    cli_publish(&[
+        "--url",
+        &url,
+        "mixed",
+        "jobs",
+        "--type",
+        "probe.variables",
+        "--id",
+        "j-2",
+        "--data",
+        "api_url",
+    ]);
+    tail.wait_for("stdout", &format!("api_url={api_url}|{api_url}"));
+    cli_publish(&[
+        "--url",
+        &url,
+        "mixed",
+        "jobs",
+        "--type",
+        "probe.http",
+        "--id",
+        "j-3",
+        "--data",
+        &api_url,
+    ]);
+    tail.wait_for("stdout", "200 hello from the API");
+    cli_publish(&[
+        "--url",
+        &url,
+        "mixed",
+        "jobs",
+        "--type",
+        "probe.kv",
+        "--id",
+        "j-4",
+        "--subject",
+        "default",
+        "--data",
+        "incr jobs",
+    ]);
+    tail.wait_for("stdout", "\"j-4-result\"");
     launched.terminate();
     assert_eq!(launched.wait_exit(Duration::from_secs(20)), 0);
+    // The default store is where the runtime config put it, as Spin's http
+    // trigger would open it.
+    assert!(files.path().join("kv/default.db").is_file());
 }

@@ -26,6 +26,8 @@ pub struct Guests {
     pub probe: PathBuf,
     pub relay: PathBuf,
     pub watcher: PathBuf,
+    /// Imports what the host does not provide.
+    pub unhosted: PathBuf,
 }
 
 pub fn guests() -> &'static Guests {
@@ -43,7 +45,77 @@ pub fn guests() -> &'static Guests {
             );
         }
         let out = repo().join("target/wasm/wasm32-wasip2/release");
-        Guests { probe: out.join("probe.wasm"), relay: out.join("relay.wasm"), watcher: out.join("watcher.wasm") }
+        Guests {
+            probe: out.join("probe.wasm"),
+            relay: out.join("relay.wasm"),
+            watcher: out.join("watcher.wasm"),
+            unhosted: out.join("unhosted.wasm"),
+        }
+    })
+}
+
+/// The sample guests in other languages: the counter in Python
+/// (componentize-py) and JavaScript (componentize-js, default features),
+/// built once per test run with the commands their READMEs give.
+pub struct ForeignGuests {
+    pub python: PathBuf,
+    pub javascript: PathBuf,
+}
+
+pub fn foreign_guests() -> &'static ForeignGuests {
+    static GUESTS: OnceLock<ForeignGuests> = OnceLock::new();
+    GUESTS.get_or_init(|| {
+        let out = repo().join("target/wasm");
+        let build = |dir: &str, program: &str, args: &[&str]| {
+            let status = Command::new(program)
+                .args(args)
+                .current_dir(repo().join("sample-apps").join(dir))
+                .status()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run {program} (scripts/test.sh installs it): {e}")
+                });
+            assert!(
+                status.success(),
+                "`{program} {}` failed in sample-apps/{dir}",
+                args.join(" ")
+            );
+        };
+        // componentize-py is a console script of the python3 that
+        // scripts/test.sh installed it into.
+        let scripts = Command::new("python3")
+            .args([
+                "-c",
+                "import sysconfig; print(sysconfig.get_path('scripts'))",
+            ])
+            .output()
+            .expect("cannot run python3");
+        let componentize_py =
+            PathBuf::from(String::from_utf8_lossy(&scripts.stdout).trim()).join("componentize-py");
+        let python = out.join("counter-py.wasm");
+        build(
+            "counter-py",
+            componentize_py.to_str().unwrap(),
+            &[
+                "-d",
+                "../wit",
+                "-w",
+                "counter",
+                "componentize",
+                "app",
+                "-o",
+                python.to_str().unwrap(),
+            ],
+        );
+        if !repo().join("sample-apps/counter-js/node_modules").is_dir() {
+            build("counter-js", "npm", &["ci", "--no-audit", "--no-fund"]);
+        }
+        let javascript = out.join("counter-js.wasm");
+        build(
+            "counter-js",
+            "node",
+            &["build.mjs", javascript.to_str().unwrap()],
+        );
+        ForeignGuests { python, javascript }
     })
 }
 
@@ -84,6 +156,28 @@ source = "{{probe}}"
     ))
 }
 
+/// A probe app that reports on `results`, with more app tables (e.g.
+/// `[variables]`) and more keys of `[component.probe]` (grants) given.
+pub fn probe_app_granted(name: &str, app_tables: &str, component_keys: &str) -> AppDir {
+    write_app(&format!(
+        r#"spin_manifest_version = 2
+[application]
+name = "{name}"
+{app_tables}
+[application.trigger.messaging.channels]
+inbox = {{ kind = "queue", address = "{name}.inbox" }}
+results = {{ kind = "topic", address = "{name}.results" }}
+[[trigger.messaging]]
+component = "probe"
+subscriptions = ["inbox"]
+publish = ["results"]
+[component.probe]
+source = "{{probe}}"
+{component_keys}
+"#
+    ))
+}
+
 /// Host options for tests: a short handler timeout.
 pub fn test_host() -> HostOptions {
     HostOptions {
@@ -104,6 +198,15 @@ pub fn init_logging() {
     });
 }
 
+/// Guest output in tests that run the provider in-process: to the log
+/// files only (a console copy would bypass the test harness's capture).
+pub fn quiet() -> messaging_provider::provider::OutputOptions {
+    messaging_provider::provider::OutputOptions {
+        follow: messaging_provider::provider::Follow::None,
+        ..Default::default()
+    }
+}
+
 /// Loads a provider, not started yet.
 pub async fn load(manifests: &[&Path], runtime_config: Option<&Path>) -> Provider {
     init_logging();
@@ -111,6 +214,7 @@ pub async fn load(manifests: &[&Path], runtime_config: Option<&Path>) -> Provide
         manifests: manifests.iter().map(|p| p.to_path_buf()).collect(),
         runtime_config: runtime_config.map(Path::to_path_buf),
         host: test_host(),
+        output: quiet(),
         ..ProviderOptions::default()
     })
     .await

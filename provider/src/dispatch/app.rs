@@ -9,7 +9,7 @@ use crate::broker::{Broker, BrokerError, SubscribeMode, Subscription};
 use crate::cloudevents::Event;
 use crate::host::bindings::Channel as WitChannel;
 use crate::host::{
-    ComponentOutput, InstanceIdentity, MessagingCtx, MessagingError, PreparedComponent,
+    ComponentOutput, Grants, InstanceIdentity, MessagingCtx, MessagingError, PreparedComponent,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -52,11 +52,11 @@ pub(crate) struct ComponentRuntime {
 impl AppRuntime {
     /// Binds an app to its links and prepared components. `links` must hold
     /// every link the app's channels use; `components` every component, with
-    /// where its output goes.
+    /// where its output goes and what it is granted.
     pub fn new(
         app: App,
         links: &BTreeMap<String, Arc<dyn Broker>>,
-        mut components: HashMap<String, (PreparedComponent, Arc<ComponentOutput>)>,
+        mut components: HashMap<String, (PreparedComponent, Arc<ComponentOutput>, Arc<Grants>)>,
         dispatcher: Arc<Dispatcher>,
     ) -> anyhow::Result<Arc<AppRuntime>> {
         let mut channels = BTreeMap::new();
@@ -77,15 +77,15 @@ impl AppRuntime {
         }
         let mut prepared = Vec::new();
         for spec in &app.components {
-            let (component, output) = components
+            let (component, output, grants) = components
                 .remove(&spec.id)
                 .ok_or_else(|| anyhow::anyhow!("component `{}` is not prepared", spec.id))?;
-            prepared.push((spec.clone(), component, output));
+            prepared.push((spec.clone(), component, output, grants));
         }
         Ok(Arc::new_cyclic(|weak: &Weak<AppRuntime>| {
             let components = prepared
                 .into_iter()
-                .map(|(spec, component, output)| {
+                .map(|(spec, component, output, grants)| {
                     let messaging = Arc::new(ComponentCtx {
                         app: weak.clone(),
                         component: spec.id.clone(),
@@ -100,6 +100,7 @@ impl AppRuntime {
                             messaging,
                             output,
                             max_memory: spec.max_memory,
+                            grants,
                         },
                         in_flight: Arc::new(Semaphore::new(spec.max_in_flight)),
                         breaker: Breaker::default(),

@@ -11,8 +11,35 @@ mod generated {
     });
 }
 
+/// Spin's interfaces and the WASI proposals Spin hosts for state and
+/// settings (`wit/deps/`), in one world of the host's own.
+mod platform {
+    #![allow(missing_docs)]
+    wasmtime::component::bindgen!({
+        path: [
+            "../wit/deps/keyvalue-2024-10-17",
+            "../wit/deps/config-2024-09-27",
+            "../wit/deps/spin@2.0.0",
+        ],
+        world: "fermyon:spin/messaging-host",
+        imports: { default: async | trappable },
+        with: {
+            "fermyon:spin/key-value.store": crate::host::keyvalue::Bucket,
+            "wasi:keyvalue/store.bucket": crate::host::keyvalue::Bucket,
+            "wasi:keyvalue/atomics.cas": crate::host::keyvalue::Cas,
+        },
+    });
+}
+
 pub use generated::wasi::messaging::types::{
     Channel, Event as WitEvent, MessagingError as WitError,
 };
 pub use generated::wasi::messaging::{pub_ as publish, sub, types};
 pub use generated::{Service, ServicePre};
+pub(crate) use platform::fermyon::spin::{
+    key_value as spin_key_value, variables as spin_variables,
+};
+pub(crate) use platform::wasi::config::store as wasi_config;
+pub(crate) use platform::wasi::keyvalue::{
+    atomics as kv_atomics, batch as kv_batch, store as kv_store,
+};

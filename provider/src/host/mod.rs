@@ -9,12 +9,21 @@
 //!
 //! The guest's `pub` and `sub` calls are answered by a [`MessagingCtx`] the
 //! dispatcher supplies per component, so this layer knows nothing of brokers.
+//! Besides messaging, a component gets what Spin gives one: outbound HTTP to
+//! its `allowed_outbound_hosts`, its variables, and the key-value stores of
+//! its `key_value_stores` (its [`Grants`]).
 
 pub mod bindings;
+mod grants;
+mod imports;
+mod keyvalue;
 mod lanes;
 mod messaging;
+mod outbound_http;
 mod stdio;
+mod variables;
 
+pub use grants::Grants;
 pub use messaging::{MessagingCtx, MessagingError};
 pub use stdio::ComponentOutput;
 
@@ -29,6 +38,7 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// Where compiled components are cached.
 #[derive(Clone, Debug, Default)]
@@ -84,12 +94,17 @@ pub const MAX_POOL_INSTANCES: u32 = 2048;
 /// The period of the epoch ticker that bounds handler run time.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// The per-instance state: WASI, the component's messaging context, its
-/// memory limit, and what the run learnt about the links.
+/// The per-instance state: WASI, the component's messaging context and
+/// grants, its memory limit, and what the run learnt about the links.
 pub struct State {
     wasi: WasiCtx,
     table: ResourceTable,
     messaging: Arc<dyn MessagingCtx>,
+    grants: Arc<Grants>,
+    http: WasiHttpCtx,
+    outbound: outbound_http::OutboundHttp,
+    /// Key-value stores and CAS operations open now.
+    kv_handles: usize,
     memory: MemoryLimit,
     /// The first `service-unavailable` or `connection-lost` a messaging call
     /// of this run got.
@@ -138,6 +153,16 @@ impl WasiView for State {
     }
 }
 
+impl WasiHttpView for State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
 /// What one instance runs as: names for its log lines, its environment and
 /// the context its messaging calls go to.
 #[derive(Clone)]
@@ -154,6 +179,8 @@ pub struct InstanceIdentity {
     pub output: Arc<ComponentOutput>,
     /// The largest its linear memory may grow, in bytes.
     pub max_memory: u64,
+    /// Its variables, key-value stores and outbound hosts.
+    pub grants: Arc<Grants>,
 }
 
 /// A size for people: whole MiB when it is one.
@@ -236,7 +263,9 @@ impl Host {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         messaging::add_to_linker(&mut linker)?;
+        add_platform_to_linker(&mut linker)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (weak, stop) = (engine.weak(), ticker_stop.clone());
@@ -266,12 +295,18 @@ impl Host {
     pub fn prepare(&self, path: &Path) -> anyhow::Result<PreparedComponent> {
         let component = Component::from_file(&self.engine, path)
             .with_context(|| format!("cannot load the component {}", path.display()))?;
-        let pre = self.linker.instantiate_pre(&component).with_context(|| {
-            format!(
-                "{} imports something this host does not provide",
-                path.display()
-            )
-        })?;
+        let pre = match self.linker.instantiate_pre(&component) {
+            Ok(pre) => pre,
+            Err(e) => {
+                return Err(match imports::unhosted(&self.engine, &component) {
+                    Some(why) => anyhow::anyhow!("{} {why}", path.display()),
+                    None => anyhow::Error::from(e).context(format!(
+                        "{} cannot be linked with what this host provides",
+                        path.display()
+                    )),
+                });
+            }
+        };
         let pre = bindings::ServicePre::new(pre).with_context(|| {
             format!(
                 "{} does not export wasi:messaging/handler@0.1.0-draft",
@@ -296,10 +331,19 @@ impl Host {
         wasi.stdout(stdio::LogStream::new(&who.output, "stdout"))
             .stderr(stdio::LogStream::new(&who.output, "stderr"))
             .envs(&who.environment);
+        let timeout = self.options.handler_timeout;
+        let deadline = Instant::now() + timeout;
         let state = State {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             messaging: who.messaging.clone(),
+            grants: who.grants.clone(),
+            http: WasiHttpCtx::new(),
+            outbound: outbound_http::OutboundHttp {
+                grants: who.grants.clone(),
+                deadline,
+            },
+            kv_handles: 0,
             memory: MemoryLimit {
                 max: who.max_memory,
             },
@@ -307,14 +351,12 @@ impl Host {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);
-        let timeout = self.options.handler_timeout;
         let timed_out = move || {
             format!(
                 "on-receive ran longer than the handler timeout of {}",
                 humantime::format_duration(timeout)
             )
         };
-        let deadline = Instant::now() + timeout;
         let run = self.lanes.enter(&component.history);
         let on_tick = run.clone();
         // A run that starts in the long lane waits for its turn before it
@@ -363,6 +405,22 @@ impl Host {
     pub fn cache_hits(&self) -> Option<usize> {
         self.cache.as_ref().map(wasmtime::Cache::cache_hits)
     }
+}
+
+/// Spin's variables and key-value interfaces, and the WASI proposals for
+/// settings and state (see `wit/deps/README.md`).
+fn add_platform_to_linker(linker: &mut Linker<State>) -> anyhow::Result<()> {
+    use wasmtime::component::HasSelf;
+    bindings::spin_variables::add_to_linker::<State, HasSelf<State>>(linker, |s| s)?;
+    bindings::spin_key_value::add_to_linker::<State, HasSelf<State>>(linker, |s| s)?;
+    bindings::kv_store::add_to_linker::<State, HasSelf<State>>(linker, |s| s)?;
+    bindings::kv_atomics::add_to_linker::<State, HasSelf<State>>(linker, |s| s)?;
+    bindings::kv_batch::add_to_linker::<State, HasSelf<State>>(linker, |s| s)?;
+    bindings::wasi_config::add_to_linker::<State, HasSelf<State>>(linker, |s| s)?;
+    wasmtime_wasi_config::add_to_linker(linker, |s: &mut State| {
+        wasmtime_wasi_config::WasiConfig::from(&s.grants.config)
+    })?;
+    Ok(())
 }
 
 impl Drop for Host {

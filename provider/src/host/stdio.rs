@@ -1,5 +1,6 @@
-//! Guest stdout and stderr, one line at a time: to the provider's log,
-//! prefixed with the app and component they came from (unless silenced, as
+//! Guest stdout and stderr, one line at a time: to the console (the
+//! provider's stdout and stderr), prefixed with the app and component they
+//! came from (unless silenced, as
 //! Spin's `--follow` / `-q` do), and to per-component files in the log
 //! directory (`<component>_stdout.txt`, `<component>_stderr.txt`, as Spin
 //! names them).
@@ -135,14 +136,22 @@ impl LineWriter {
             }
         }
         if out.console {
-            let line = String::from_utf8_lossy(line);
-            let line = line.strip_suffix('\r').unwrap_or(&line);
-            let stream = if self.target.stream == "stderr" {
-                "stderr: "
+            // Straight to the console, as Spin prints its components'
+            // output, whatever the log filter: the guest's stdout to ours,
+            // its stderr to ours.
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let mut text = Vec::with_capacity(out.prefix.len() + line.len() + 4);
+            text.push(b'[');
+            text.extend_from_slice(out.prefix.as_bytes());
+            text.extend_from_slice(b"] ");
+            text.extend_from_slice(line);
+            text.push(b'\n');
+            // A console that is gone (a closed pipe) loses the copy only.
+            let _ = if self.target.stream == "stderr" {
+                std::io::stderr().lock().write_all(&text)
             } else {
-                ""
+                std::io::stdout().lock().write_all(&text)
             };
-            tracing::info!(target: "guest", "[{}] {stream}{line}", out.prefix);
         }
     }
 }

@@ -4,7 +4,7 @@
 //! [`super::load_app`]; errors point at the spin.toml keys (with lines, when
 //! the lock names a spin.toml that can still be read).
 
-use super::spin::{AppParts, Links, NamedLinks, TRIGGER_TYPE, build_app};
+use super::spin::{AppParts, ComponentParts, Links, NamedLinks, TRIGGER_TYPE, build_app};
 use super::variables::{VariableDecl, Variables};
 use super::{ConfigError, ConfigErrors, KeyPath, TomlSource};
 use crate::app::App;
@@ -67,6 +67,20 @@ struct LockedComponent {
     dependencies: Map<String, Value>,
     #[serde(default)]
     host_requirements: BTreeMap<String, Value>,
+    /// `[component.<id>.variables]`, templates unresolved.
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+    #[serde(default)]
+    metadata: LockedComponentMetadata,
+}
+
+/// The permissions Spin keeps in a component's `metadata`.
+#[derive(Default, Deserialize)]
+struct LockedComponentMetadata {
+    #[serde(default)]
+    allowed_outbound_hosts: Vec<String>,
+    #[serde(default)]
+    key_value_stores: Vec<String>,
 }
 
 /// A content reference: a URL, or the bytes inline (base64) with a digest.
@@ -254,7 +268,13 @@ pub fn load_locked_app_with_links(
         let path = component_source(&c.source, &location.working_dir)
             .map_err(|msg| errors.push(src.error(&key.key("source"), msg)))
             .ok()?;
-        Some((path, c.env.clone().into_iter().collect()))
+        Some(ComponentParts {
+            source: path,
+            environment: c.env.clone().into_iter().collect(),
+            variables: c.config.clone(),
+            allowed_outbound_hosts: c.metadata.allowed_outbound_hosts.clone(),
+            key_value_stores: c.metadata.key_value_stores.clone(),
+        })
     };
     let parts = AppParts {
         src: &src,

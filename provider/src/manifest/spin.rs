@@ -6,7 +6,10 @@
 
 use super::variables::{VariableDecl, Variables};
 use super::{ConfigError, ConfigErrors, KeyPath, TomlSource};
-use crate::app::{App, Channel, ChannelKind, ComponentSpec, RetryPolicy, defaults};
+use crate::app::{
+    AllowedHosts, App, Channel, ChannelKind, ComponentSpec, ComponentVariables, RetryPolicy,
+    defaults, variable_name_problem,
+};
 use crate::broker::{ChannelNames, Invalid, MAX_PAYLOAD_LIMIT, names, show_duration};
 
 /// The range of `max_in_flight` (the provider's instance pool, the sum over
@@ -62,6 +65,12 @@ struct RawComponent {
     source: Option<toml::Value>,
     #[serde(default)]
     environment: BTreeMap<String, String>,
+    #[serde(default)]
+    variables: BTreeMap<String, String>,
+    #[serde(default)]
+    allowed_outbound_hosts: Vec<String>,
+    #[serde(default)]
+    key_value_stores: Vec<String>,
 }
 
 /// `[application.trigger.messaging]`.
@@ -115,6 +124,12 @@ pub trait Links {
     /// Checks a channel's broker-side names against the rules of `link`,
     /// which exists; the error's key is `address` or `group`.
     fn check_channel(&self, link: &str, names: &ChannelNames) -> Result<(), Invalid>;
+    /// Whether a key-value store of this label is bound to a store this
+    /// provider can open (`default` always is), or why not. Without a
+    /// runtime config to ask, every label is taken as bound.
+    fn check_key_value_store(&self, _label: &str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Links known by name alone: channel names are checked against the rules
@@ -170,7 +185,13 @@ pub fn load_app_with_links(path: &Path, links: &dyn Links) -> Result<App, Config
             return None;
         };
         let source = component_source(&src, base, id, c, errors)?;
-        Some((source, c.environment.clone().into_iter().collect()))
+        Some(ComponentParts {
+            source,
+            environment: c.environment.clone().into_iter().collect(),
+            variables: c.variables.clone(),
+            allowed_outbound_hosts: c.allowed_outbound_hosts.clone(),
+            key_value_stores: c.key_value_stores.clone(),
+        })
     };
     build_app(parts, links, &mut component, errors)
 }
@@ -190,10 +211,22 @@ pub(crate) struct AppParts<'a> {
     pub triggers: Option<toml::Value>,
 }
 
-/// Finds a component's Wasm file and environment, or reports why it cannot
-/// (given the key path of the trigger's `component`).
-pub(crate) type ComponentLookup<'a> = dyn FnMut(&str, &KeyPath, &mut Vec<ConfigError>) -> Option<(PathBuf, Vec<(String, String)>)>
-    + 'a;
+/// What an app's `[component.<id>]` says that this provider uses, as
+/// written (templates unresolved).
+pub(crate) struct ComponentParts {
+    /// The Wasm file, found.
+    pub source: PathBuf,
+    pub environment: Vec<(String, String)>,
+    /// `variables`: name to template.
+    pub variables: BTreeMap<String, String>,
+    pub allowed_outbound_hosts: Vec<String>,
+    pub key_value_stores: Vec<String>,
+}
+
+/// Finds a component's parts, or reports why it cannot (given the key path
+/// of the trigger's `component`).
+pub(crate) type ComponentLookup<'a> =
+    dyn FnMut(&str, &KeyPath, &mut Vec<ConfigError>) -> Option<ComponentParts> + 'a;
 
 /// Validates the messaging parts of an app and builds the app model,
 /// reporting every mistake at once (after those already in `errors`).
@@ -255,9 +288,10 @@ pub(crate) fn build_app(
             ));
             continue;
         }
-        let Some((source, environment)) = component(&id, &at.key("component"), &mut errors) else {
+        let Some(found) = component(&id, &at.key("component"), &mut errors) else {
             continue;
         };
+        let grants = Grants::check(src, &parts.variables, &id, &found, links, &mut errors);
         let mut check = |key: &str, names: &[String]| {
             for (j, name) in names.iter().enumerate() {
                 if !channels.contains_key(name) {
@@ -291,13 +325,16 @@ pub(crate) fn build_app(
         }
         components.push(ComponentSpec {
             id,
-            source,
+            source: found.source,
             subscriptions: t.subscriptions,
             publish: t.publish.into_iter().collect(),
             subscribe: t.subscribe.into_iter().collect(),
             max_in_flight: t.max_in_flight.unwrap_or(defaults::MAX_IN_FLIGHT),
-            environment,
+            environment: found.environment,
             max_memory,
+            variables: grants.variables,
+            allowed_outbound_hosts: grants.allowed_outbound_hosts,
+            key_value_stores: grants.key_value_stores,
         });
     }
     if parts.name.trim().is_empty() {
@@ -313,6 +350,69 @@ pub(crate) fn build_app(
         channels,
         components,
     })
+}
+
+/// A component's variables, outbound hosts and key-value stores, checked
+/// and resolved; what is wrong is added to `errors` (the rest still checked).
+struct Grants {
+    variables: ComponentVariables,
+    allowed_outbound_hosts: AllowedHosts,
+    key_value_stores: BTreeSet<String>,
+}
+
+impl Grants {
+    fn check(
+        src: &TomlSource,
+        app_variables: &Variables,
+        id: &str,
+        found: &ComponentParts,
+        links: &dyn Links,
+        errors: &mut Vec<ConfigError>,
+    ) -> Grants {
+        let at = KeyPath::dotted("component").key(id);
+        let mut variables = BTreeMap::new();
+        for (name, template) in &found.variables {
+            let key = at.key("variables").key(name);
+            if let Some(why) = variable_name_problem(name) {
+                errors.push(src.error(&key, format!("`{name}` is not a variable name: it {why}")));
+                continue;
+            }
+            // The error names the variable and how to set it, never a value.
+            match app_variables.resolve(template) {
+                Ok(value) => {
+                    variables.insert(name.clone(), value);
+                }
+                Err(why) => errors.push(src.error(&key, why)),
+            }
+        }
+        let mut hosts = Vec::new();
+        for (i, entry) in found.allowed_outbound_hosts.iter().enumerate() {
+            match app_variables.resolve(entry) {
+                Ok(host) => hosts.push(host),
+                Err(why) => errors.push(src.error(&at.key("allowed_outbound_hosts").index(i), why)),
+            }
+        }
+        let allowed_outbound_hosts = if hosts.len() == found.allowed_outbound_hosts.len() {
+            AllowedHosts::parse(&hosts).unwrap_or_else(|(i, why)| {
+                errors.push(src.error(&at.key("allowed_outbound_hosts").index(i), why));
+                AllowedHosts::default()
+            })
+        } else {
+            AllowedHosts::default()
+        };
+        let mut key_value_stores = BTreeSet::new();
+        for (i, label) in found.key_value_stores.iter().enumerate() {
+            if let Err(why) = links.check_key_value_store(label) {
+                errors.push(src.error(&at.key("key_value_stores").index(i), why));
+            }
+            key_value_stores.insert(label.clone());
+        }
+        Grants {
+            variables: ComponentVariables(variables),
+            allowed_outbound_hosts,
+            key_value_stores,
+        }
+    }
 }
 
 fn templated(

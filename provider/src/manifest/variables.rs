@@ -33,19 +33,15 @@ pub struct Variables {
 }
 
 impl Variables {
-    /// Checks declarations: names are lower-case letters, digits and `_`,
-    /// starting with a letter, and a variable is either required or has a default.
+    /// Checks declarations: names follow Spin's rule
+    /// ([`crate::app::variable_name_problem`]), and a variable is either
+    /// required or has a default.
     pub fn new(decls: BTreeMap<String, VariableDecl>) -> Result<Variables, (String, String)> {
         for (name, decl) in &decls {
-            let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-            if !valid {
+            if let Some(why) = crate::app::variable_name_problem(name) {
                 return Err((
                     name.clone(),
-                    "variable names are lower-case letters, digits and `_`, starting with a letter"
-                        .into(),
+                    format!("`{name}` is not a variable name: it {why}"),
                 ));
             }
             if decl.required == decl.default.is_some() {
