@@ -1,6 +1,7 @@
-//! The runtime config (`RuntimeConfig::load`, every link type's settings):
-//! any bytes load or fail with errors that name the file and, for a part of
-//! it, the key or line; never a panic.
+//! The runtime configs (`RuntimeConfig::load_files`): the same bytes read
+//! as Spin's runtime config (links, key-value stores, Spin's own keys) and
+//! as the messaging runtime config (links only) load or fail with errors
+//! that name the file and, for a part of it, the key or line; never a panic.
 #![no_main]
 
 use fuzz_checks::{assert_located, names_special_file, scratch_dir, toml_strings};
@@ -24,7 +25,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let path = dir.join("runtime-config.toml");
     std::fs::write(&path, data).expect("cannot write the runtime config");
-    if let Err(errors) = RuntimeConfig::load(Some(&path), &LinkRegistry::default()) {
-        assert_located(&path, &errors);
+    let registry = LinkRegistry::default();
+    for (spin, messaging) in [(Some(path.as_path()), None), (None, Some(path.as_path()))] {
+        if let Err(errors) = RuntimeConfig::load_files(spin, messaging, &registry) {
+            assert_located(&path, &errors);
+        }
     }
 });
