@@ -359,6 +359,9 @@ impl Provider {
     }
 }
 
+/// An app's open key-value stores by label, each with where its data is.
+type OpenStores = BTreeMap<String, (Arc<dyn KeyValueStore>, String)>;
+
 /// Opens the key-value stores an app's components name: `default` in its
 /// state directory unless the runtime config rebinds it. By label: the
 /// store and where its data is.
@@ -367,7 +370,7 @@ fn open_stores(
     config: &RuntimeConfig,
     stores: &Stores,
     state_dir: Option<PathBuf>,
-) -> anyhow::Result<BTreeMap<String, (Arc<dyn KeyValueStore>, String)>> {
+) -> anyhow::Result<OpenStores> {
     let labels: BTreeSet<&String> = app
         .components
         .iter()

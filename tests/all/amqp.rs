@@ -106,6 +106,16 @@ async fn amqp_starts_without_its_server_and_recovers_from_a_restart() {
 }
 
 #[tokio::test]
+async fn every_amqp_subscription_resumes_after_restarts() {
+    let server = PrivateServer::start(rabbitmq);
+    let settings = format!(
+        "type = \"amqp\"\nurl = \"amqp://guest:guest@127.0.0.1:{}/%2f\"\npublish_timeout = \"2s\"\n",
+        server.port
+    );
+    crate::links::every_subscription_resumes_after_restarts(server, &settings).await;
+}
+
+#[tokio::test]
 async fn a_queue_publish_no_queue_takes_fails_instead_of_vanishing() {
     let link = crate::conformance::connect("type = \"amqp\"\n").await;
     let address = unique("mandatory");

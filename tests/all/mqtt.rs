@@ -220,6 +220,16 @@ async fn mqtt_starts_without_its_server_and_recovers_from_a_restart() {
 }
 
 #[tokio::test]
+async fn every_mqtt_subscription_resumes_after_restarts() {
+    let server = PrivateServer::start(mosquitto);
+    let settings = format!(
+        "type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\npublish_timeout = \"1s\"\n",
+        server.port
+    );
+    crate::links::every_subscription_resumes_after_restarts(server, &settings).await;
+}
+
+#[tokio::test]
 async fn two_processes_share_an_mqtt_queue() {
     two_processes_share_a_queue("type = \"mqtt\"\n", true).await;
 }

@@ -108,6 +108,25 @@ async fn jetstream_starts_without_its_server_and_recovers_from_a_restart() {
     nats_reconnects(true).await;
 }
 
+async fn nats_subscriptions_resume(jetstream: bool) {
+    let server = PrivateServer::start(nats_server);
+    let settings = format!(
+        "type = \"nats\"\nurl = \"nats://127.0.0.1:{}\"\njetstream = {jetstream}\npublish_timeout = \"2s\"\n",
+        server.port
+    );
+    crate::links::every_subscription_resumes_after_restarts(server, &settings).await;
+}
+
+#[tokio::test]
+async fn every_core_nats_subscription_resumes_after_restarts() {
+    nats_subscriptions_resume(false).await;
+}
+
+#[tokio::test]
+async fn every_jetstream_subscription_resumes_after_restarts() {
+    nats_subscriptions_resume(true).await;
+}
+
 #[tokio::test]
 async fn a_jetstream_outage_uses_up_no_attempts() {
     let server = PrivateServer::not_started(nats_server);

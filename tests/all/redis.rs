@@ -172,6 +172,16 @@ async fn redis_starts_without_its_server_and_recovers_from_a_restart() {
 }
 
 #[tokio::test]
+async fn every_redis_subscription_resumes_after_restarts() {
+    let server = PrivateServer::start(redis_server);
+    let settings = format!(
+        "type = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\npublish_timeout = \"1s\"\n",
+        server.port
+    );
+    crate::links::every_subscription_resumes_after_restarts(server, &settings).await;
+}
+
+#[tokio::test]
 async fn a_redis_outage_uses_up_no_attempts() {
     let server = PrivateServer::not_started(redis_server_persistent);
     let settings = format!(

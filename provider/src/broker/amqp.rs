@@ -18,7 +18,11 @@
 //! The client connects at start (a broker that is down does not stop the
 //! start; the link connects on first use). After a connection loss the next
 //! publish reconnects (or fails at once while the broker is away), and each
-//! subscription re-declares its queue and binding and consumes again.
+//! subscription re-declares its queue and binding and consumes again. A
+//! full-length fault run once left one of two subscriptions waiting for good
+//! after a RabbitMQ restart: lapin either did not end its consumer or never
+//! answered an ack on the dead connection. So a subscription also watches
+//! its channel, and every round trip has a time limit.
 
 use super::tls::TlsFiles;
 use super::{
@@ -49,6 +53,11 @@ use std::time::Duration;
 
 /// The header that carries a republished event's attempt.
 const ATTEMPT_HEADER: &str = "trigger-messaging-attempt";
+
+/// How often a subscription checks that its channel is still open: a
+/// subscription must never wait on a consumer whose connection died, even
+/// when lapin does not end it.
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 
 /// Makes AMQP links.
 pub struct MakeAmqp;
@@ -311,6 +320,25 @@ impl Inner {
 }
 
 impl Inner {
+    /// [`Inner::consume`], bounded by the link's `publish_timeout` for each
+    /// of its round trips: a broker that accepts the connection but does
+    /// not answer never holds a subscription up.
+    async fn consume_within(
+        &self,
+        address: &str,
+        group: Option<&str>,
+    ) -> Result<(Channel, lapin::Consumer), BrokerError> {
+        let limit = self.settings.publish_timeout * 6;
+        tokio::time::timeout(limit, self.consume(address, group))
+            .await
+            .map_err(|_| {
+                unavailable(
+                    &self.name,
+                    format!("subscribing to `{address}` got no answer within {limit:?}"),
+                )
+            })?
+    }
+
     /// Opens a channel that consumes `address`: from the group's durable
     /// queue, or from an exclusive queue of its own for a topic subscriber.
     async fn consume(
@@ -491,7 +519,7 @@ impl Broker for AmqpBroker {
             SubscribeMode::Queue { group } => Some(group),
             SubscribeMode::Topic => None,
         };
-        let (channel, consumer) = self.0.consume(address, group.as_deref()).await?;
+        let (channel, consumer) = self.0.consume_within(address, group.as_deref()).await?;
         Ok(Box::new(AmqpSubscription {
             inner: self.0.clone(),
             address: address.into(),
@@ -550,21 +578,43 @@ struct Republish {
 struct AmqpAck {
     acker: Acker,
     /// Keeps the channel open until the delivery is settled.
-    _channel: Arc<ChannelGuard>,
+    channel: Arc<ChannelGuard>,
+    /// How long RabbitMQ may take to take the settlement.
+    timeout: Duration,
     /// For queue deliveries: a nack with a delay republishes.
     republish: Option<Republish>,
 }
 
 impl AmqpAck {
+    /// Sends an ack or a nack, failing (never hanging) when the channel is
+    /// gone: RabbitMQ hands back what a closed channel did not settle.
+    async fn settle(
+        &self,
+        what: &str,
+        settled: impl Future<Output = lapin::Result<bool>>,
+    ) -> Result<(), BrokerError> {
+        if !self.channel.0.status().connected() {
+            return Err(BrokerError::ConnectionLost(format!(
+                "cannot {what}: the channel closed, so RabbitMQ hands the delivery back"
+            )));
+        }
+        match tokio::time::timeout(self.timeout, settled).await {
+            Ok(result) => result
+                .map(drop)
+                .map_err(|e| BrokerError::ConnectionLost(e.to_string())),
+            Err(_) => Err(BrokerError::ConnectionLost(format!(
+                "RabbitMQ took no {what} within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
     async fn requeue(&self) -> Result<(), BrokerError> {
-        self.acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            })
-            .await
-            .map(drop)
-            .map_err(|e| BrokerError::ConnectionLost(e.to_string()))
+        let options = BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        };
+        self.settle("nack", self.acker.nack(options)).await
     }
 
     /// Publishes a copy for the next attempt to the group's delay queue.
@@ -585,11 +635,8 @@ impl AmqpAck {
 #[async_trait]
 impl Acknowledge for AmqpAck {
     async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        self.acker
-            .ack(BasicAckOptions::default())
+        self.settle("ack", self.acker.ack(BasicAckOptions::default()))
             .await
-            .map(drop)
-            .map_err(|e| BrokerError::ConnectionLost(e.to_string()))
     }
 
     async fn nack(self: Box<Self>, delay: Duration) -> Result<(), BrokerError> {
@@ -707,7 +754,8 @@ impl AmqpSubscription {
         });
         let ack = AmqpAck {
             acker: delivery.acker,
-            _channel: self.channel.clone(),
+            channel: self.channel.clone(),
+            timeout: self.inner.settings.publish_timeout,
             republish,
         };
         Delivery::received(event, attempt, Box::new(ack))
@@ -719,14 +767,21 @@ impl Subscription for AmqpSubscription {
     async fn next(&mut self) -> Option<Delivery> {
         loop {
             if let Some(consumer) = &mut self.consumer {
-                match consumer.next().await {
-                    Some(Ok(delivery)) => return Some(self.delivery(delivery)),
-                    Some(Err(e)) => {
+                let next = tokio::select! {
+                    next = consumer.next() => Some(next),
+                    () = closed(&self.channel.0) => None,
+                };
+                match next {
+                    Some(Some(Ok(delivery))) => return Some(self.delivery(delivery)),
+                    Some(Some(Err(e))) => {
                         tracing::warn!(link = %self.inner.name, address = %self.address, "AMQP consumer: {e}; re-subscribing")
                     }
-                    None if self.stopping => return None,
-                    None => {
+                    Some(None) if self.stopping => return None,
+                    Some(None) => {
                         tracing::warn!(link = %self.inner.name, address = %self.address, "AMQP consumer ended; re-subscribing")
+                    }
+                    None => {
+                        tracing::warn!(link = %self.inner.name, address = %self.address, "AMQP channel closed under its consumer; re-subscribing")
                     }
                 }
                 self.consumer = None;
@@ -737,7 +792,7 @@ impl Subscription for AmqpSubscription {
             tokio::time::sleep(Duration::from_millis(500)).await;
             if let Ok((channel, consumer)) = self
                 .inner
-                .consume(&self.address, self.group.as_deref())
+                .consume_within(&self.address, self.group.as_deref())
                 .await
             {
                 tracing::info!(link = %self.inner.name, address = %self.address, "AMQP consumer re-subscribed");
@@ -752,18 +807,28 @@ impl Subscription for AmqpSubscription {
     async fn stop(&mut self) {
         self.stopping = true;
         if let Some(consumer) = &self.consumer {
-            let cancelled = self
-                .channel
-                .0
-                .basic_cancel(
-                    consumer.tag().as_str().into(),
-                    BasicCancelOptions::default(),
-                )
-                .await;
-            if cancelled.is_err() {
+            let cancel = self.channel.0.basic_cancel(
+                consumer.tag().as_str().into(),
+                BasicCancelOptions::default(),
+            );
+            let cancelled = tokio::time::timeout(self.inner.settings.publish_timeout, cancel).await;
+            if !matches!(cancelled, Ok(Ok(()))) {
                 // The connection is gone: RabbitMQ requeued what we held.
                 self.consumer = None;
             }
+        }
+    }
+}
+
+/// Returns once `channel` is no longer open (checked every
+/// [`LIVENESS_CHECK`]).
+async fn closed(channel: &Channel) {
+    let mut check = tokio::time::interval(LIVENESS_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        check.tick().await;
+        if !channel.status().connected() {
+            return;
         }
     }
 }

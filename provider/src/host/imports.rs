@@ -6,9 +6,12 @@
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-/// The interfaces the linker holds: package, interfaces, and whether an
-/// import's version is one of them.
-const HOSTED: &[(&str, &[&str], fn(&str) -> bool)] = &[
+/// A package the linker holds: its name, its interfaces, and whether an
+/// import's version is one of those it holds.
+type HostedPackage = (&'static str, &'static [&'static str], fn(&str) -> bool);
+
+/// The interfaces the linker holds.
+const HOSTED: &[HostedPackage] = &[
     ("wasi:messaging", &["types", "pub", "sub"], |v| {
         v == "0.1.0-draft"
     }),

@@ -79,7 +79,7 @@ impl State {
     ) -> Result<Resource<Cas>, kv_store::Error> {
         let seen = store.get(&key).await.map_err(other)?;
         self.push_handle(Cas { store, key, seen })
-            .ok_or_else(|| too_many_handles())
+            .ok_or_else(too_many_handles)
     }
 }
 
