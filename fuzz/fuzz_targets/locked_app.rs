@@ -18,12 +18,6 @@ fuzz_target!(|data: &[u8]| {
         if names_special_file(strings.iter().map(String::as_str), dir) {
             return;
         }
-        // It writes inline sources to `<working dir>/trigger-messaging/<id>.wasm`;
-        // an id with a `/` would write elsewhere (reported, not fixed here).
-        let ids = doc["components"].as_array().into_iter().flatten();
-        if ids.filter_map(|c| c["id"].as_str()).any(|id| id.contains('/')) {
-            return;
-        }
         origin = doc["metadata"]["origin"]
             .as_str()
             .and_then(|u| url::Url::parse(u).ok()?.to_file_path().ok());

@@ -4,12 +4,13 @@
 //! input, valid or mangled: loading never panics, and every error names the
 //! file and, when it is about a part of the file, the key or the line.
 
+use crate::located::assert_located;
 use messaging_provider::broker::LinkRegistry;
 use messaging_provider::manifest::{
     ConfigErrors, LockedAppLocation, RuntimeConfig, load_app, load_locked_app,
 };
 use proptest::prelude::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// A directory holding an empty `probe.wasm`, which the loaders take as a
 /// component (they check that the file exists, nothing more), so no guest
@@ -120,32 +121,6 @@ fn sample_lock(scratch: &Scratch) -> String {
         .unwrap()
         .replace("{probe}", probe.as_str())
         .replace("{api_port}", "8080")
-}
-
-/// Every error names `file`; an error about a part of it names its key or
-/// line. What is about the whole file (unreadable, not the format at all, a
-/// top-level key missing, a document that is not an object) may name
-/// neither.
-fn assert_located(file: &Path, errors: &ConfigErrors) {
-    assert!(!errors.0.is_empty(), "an empty error list");
-    for e in &errors.0 {
-        assert_eq!(e.file, file, "{e}");
-        assert!(!e.message.is_empty(), "{e:?}");
-        let whole_file = e.message.starts_with("cannot read")
-            || e.message.starts_with("not valid TOML")
-            || e.message.starts_with("not a valid locked app")
-            || e.message.starts_with("missing field")
-            || (e.key.is_empty() && {
-                // The root: a document that is not an object at all (a
-                // number, an array of the wrong length).
-                e.message.contains("expected struct LockedApp")
-                    || e.message.contains("expected struct RawManifest")
-            });
-        assert!(
-            whole_file || e.line.is_some() || !e.key.is_empty(),
-            "an error that names no key or line: {e:?}"
-        );
-    }
 }
 
 /// A change to a text: byte edits that break the syntax as well as the

@@ -16,6 +16,7 @@ mod inbound;
 mod isolation;
 mod keyvalue;
 mod links;
+mod located;
 mod manifest;
 mod mqtt;
 mod nats;

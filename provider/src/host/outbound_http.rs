@@ -36,7 +36,6 @@ impl WasiHttpHooks for OutboundHttp {
         options: Option<RequestOptions>,
         fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> Sent {
-        _ = fut;
         let uri = request.uri();
         let scheme = uri.scheme_str().unwrap_or("https");
         let host = uri.host().unwrap_or_default();
@@ -56,15 +55,8 @@ impl WasiHttpHooks for OutboundHttp {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let options = within(options.unwrap_or_default(), self.deadline);
-        Box::new(async move {
-            use http_body_util::BodyExt;
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
-        })
+        // Allowed: sent as wasmtime-wasi-http sends it, within our limits.
+        wasmtime_wasi_http::default_hooks().send_request(request, Some(options), fut)
     }
 }
 
