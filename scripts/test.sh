@@ -30,6 +30,7 @@ python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ig
 # The Python and JavaScript guests' toolchains (the tests build those samples).
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore componentize-py==0.25.1
 (cd sample-apps/counter-js && npm ci --no-audit --no-fund --loglevel=error)
+(cd sample-apps/relay-js && npm ci --no-audit --no-fund --loglevel=error)
 # The tests build the guests themselves too; doing it here shows the output.
 (cd sample-apps && cargo build --target wasm32-wasip2 --release)
 (cd tests/fixtures && cargo build --target wasm32-wasip2 --release)
@@ -44,3 +45,6 @@ fi
 # runs them at full length.
 cargo test --workspace -- --skip isolation::a_good_app
 cargo test -p wasi-messaging-provider --test all -- isolation::a_good_app --nocapture
+# The benchmark suite's quick form (small N, one run, every section, every
+# link), so that it does not rot; `cargo bench --bench suite` is the full one.
+cargo test -p wasi-messaging-provider --bench suite

@@ -96,6 +96,158 @@ pub struct ComponentSpec {
     pub allowed_outbound_hosts: AllowedHosts,
     /// The key-value stores it may open, by label (`key_value_stores`).
     pub key_value_stores: BTreeSet<String>,
+    /// How its instances are reused, where its entry says; the rest comes
+    /// from the provider's flags.
+    pub reuse: ReuseSettings,
+}
+
+/// How a component's instances are reused between events: each takes up
+/// to `max_uses` events, is dropped after `idle_timeout` without one, and
+/// after its handler returned an error only when `after_error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstanceReuse {
+    /// Events one instance takes before it is replaced (1: a fresh
+    /// instance per event).
+    pub max_uses: Pick<u32>,
+    /// How long an idle instance is kept for the next event.
+    pub idle_timeout: Pick<Duration>,
+    /// Whether an instance whose handler returned an error is used again.
+    pub after_error: bool,
+}
+
+impl Default for InstanceReuse {
+    fn default() -> Self {
+        InstanceReuse {
+            max_uses: Pick::Value(defaults::MAX_INSTANCE_REUSE_COUNT),
+            idle_timeout: Pick::Value(defaults::IDLE_INSTANCE_TIMEOUT),
+            after_error: false,
+        }
+    }
+}
+
+/// The reuse settings one `[[trigger.messaging]]` entry gives; what it
+/// leaves out comes from the provider-wide flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReuseSettings {
+    /// `max_instance_reuse_count`.
+    pub max_uses: Option<Pick<u32>>,
+    /// `idle_instance_timeout`.
+    pub idle_timeout: Option<Pick<Duration>>,
+    /// `reuse_instance_after_error`.
+    pub after_error: Option<bool>,
+}
+
+impl ReuseSettings {
+    /// These settings over the provider-wide ones.
+    pub fn over(&self, provider: &InstanceReuse) -> InstanceReuse {
+        InstanceReuse {
+            max_uses: self.max_uses.unwrap_or(provider.max_uses),
+            idle_timeout: self.idle_timeout.unwrap_or(provider.idle_timeout),
+            after_error: self.after_error.unwrap_or(provider.after_error),
+        }
+    }
+}
+
+/// A setting given as one value or, as Spin allows for its instance reuse
+/// settings, as a range `A..B` to pick from at random for each instance (so
+/// that instances made together do not all expire together).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pick<T> {
+    /// Always this value.
+    Value(T),
+    /// Any value from the first (included) to the second (excluded).
+    Between(T, T),
+}
+
+impl<T: Copy + PartialOrd> Pick<T> {
+    /// Parses `A` or `A..B` with `one` for each value; `B` must be above `A`.
+    pub fn parse(text: &str, one: impl Fn(&str) -> Result<T, String>) -> Result<Self, String> {
+        match text.split_once("..") {
+            None => one(text.trim()).map(Pick::Value),
+            Some((low, high)) => {
+                let (low, high) = (one(low.trim())?, one(high.trim())?);
+                if low < high {
+                    Ok(Pick::Between(low, high))
+                } else {
+                    Err(format!(
+                        "the range `{text}` is empty: its end must be above its start"
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Whether every value it can pick lies within `range`.
+    pub fn within(&self, range: std::ops::RangeInclusive<T>) -> bool {
+        match *self {
+            Pick::Value(v) => range.contains(&v),
+            Pick::Between(low, high) => range.contains(&low) && range.contains(&high),
+        }
+    }
+}
+
+impl Pick<u32> {
+    /// A value for one instance.
+    pub fn pick(&self) -> u32 {
+        match *self {
+            Pick::Value(v) => v,
+            Pick::Between(low, high) => fastrand::u32(low..high),
+        }
+    }
+
+    /// Parses a count (`128`) or a range of counts (`64..256`).
+    pub fn parse_count(text: &str) -> Result<Self, String> {
+        Pick::parse(text, |n| {
+            n.parse().map_err(|_| {
+                format!("expected a count or a range of counts such as `1..8`, got `{n}`")
+            })
+        })
+    }
+}
+
+impl Pick<Duration> {
+    /// A value for one instance.
+    pub fn pick(&self) -> Duration {
+        match *self {
+            Pick::Value(v) => v,
+            Pick::Between(low, high) => {
+                let span = (high - low).as_nanos().min(u128::from(u64::MAX)) as u64;
+                low + Duration::from_nanos(fastrand::u64(0..span))
+            }
+        }
+    }
+
+    /// Parses a duration as Spin's flags take it (seconds without a unit,
+    /// or `500ms`, `2s`, `1m`...) or a range of them (`1s..5s`).
+    pub fn parse_duration(text: &str) -> Result<Self, String> {
+        Pick::parse(text, |d| {
+            match d.parse::<u64>() {
+            Ok(seconds) => Ok(Duration::from_secs(seconds)),
+            Err(_) => humantime::parse_duration(d).map_err(|e| {
+                format!("expected a duration such as `1s` or `500ms`, or a range such as `1s..5s`, got `{d}` ({e})")
+            }),
+        }
+        })
+    }
+}
+
+impl fmt::Display for Pick<u32> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pick::Value(v) => write!(f, "{v}"),
+            Pick::Between(low, high) => write!(f, "{low}..{high}"),
+        }
+    }
+}
+
+impl fmt::Display for Pick<Duration> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = humantime::format_duration;
+        match self {
+            Pick::Value(v) => write!(f, "{}", show(*v)),
+            Pick::Between(low, high) => write!(f, "{}..{}", show(*low), show(*high)),
+        }
+    }
 }
 
 /// A component's variables (`[component.<id>.variables]`) with their
@@ -177,6 +329,11 @@ pub mod defaults {
     pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
     /// The memory limit of one instance: 64 MiB.
     pub const MAX_MEMORY: u64 = 64 << 20;
+    /// Events one instance takes before it is replaced (Spin's default for
+    /// the instances it reuses).
+    pub const MAX_INSTANCE_REUSE_COUNT: u32 = 128;
+    /// How long an idle instance is kept (Spin's default).
+    pub const IDLE_INSTANCE_TIMEOUT: Duration = Duration::from_secs(1);
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! `tail` are clients of a running provider's `--messaging-listen` endpoint. With no
 //! subcommand it is Spin's trigger plugin, launched by `spin up`.
 
+use crate::app::{InstanceReuse, Pick, ReuseSettings};
 use crate::broker::LinkRegistry;
 use crate::cloudevents::{self, Event};
 use crate::host::{CacheSetting, HostOptions};
@@ -136,6 +137,25 @@ pub struct RunArgs {
     /// Map each instance's memory anew instead of using the pooling allocator.
     #[arg(long)]
     disable_pooling: bool,
+    /// How many instances may be alive at once in the process, busy or
+    /// warm, shared fairly by the components that are running.
+    #[arg(long, env = "SPIN_MAX_INSTANCE_COUNT", default_value_t = crate::host::DEFAULT_MAX_INSTANCES, value_name = "N")]
+    max_instances: u32,
+    /// Events one instance handles before it is replaced (1: a fresh instance
+    /// per event), as a count or a range `A..B` to pick from per instance;
+    /// a component's `max_instance_reuse_count` overrides it.
+    #[arg(long, value_name = "N|A..B", value_parser = parse_reuse_count)]
+    max_instance_reuse_count: Option<Pick<u32>>,
+    /// How long an idle instance is kept for the next event (`0` keeps none),
+    /// as Spin takes it: seconds, `500ms`, or a range `1s..5s`; a component's
+    /// `idle_instance_timeout` overrides it.
+    #[arg(long, value_name = "DURATION", value_parser = parse_idle_timeout)]
+    idle_instance_timeout: Option<Pick<Duration>>,
+    /// Keep using an instance whose handler returned an error (one that
+    /// trapped or timed out is never used again); a component's
+    /// `reuse_instance_after_error` overrides it.
+    #[arg(long)]
+    reuse_instance_after_error: bool,
     /// Where components' stdout and stderr files go (default `<state dir>/logs`; "" for none).
     #[arg(short = 'L', long, env = "SPIN_LOG_DIR", value_name = "DIR", value_parser = path_or_empty())]
     log_dir: Option<PathBuf>,
@@ -151,6 +171,26 @@ pub struct RunArgs {
     /// Print no component output.
     #[arg(short = 'q', long, conflicts_with = "follow")]
     quiet: bool,
+}
+
+/// `--max-instance-reuse-count`, in Spin's syntax and our range.
+fn parse_reuse_count(text: &str) -> Result<Pick<u32>, String> {
+    let pick = Pick::parse_count(text)?;
+    if pick.within(crate::manifest::REUSE_COUNT_RANGE) {
+        Ok(pick)
+    } else {
+        Err(format!("must be between 1 and 1000000 (got {text})"))
+    }
+}
+
+/// `--idle-instance-timeout`, in Spin's syntax and our range.
+fn parse_idle_timeout(text: &str) -> Result<Pick<Duration>, String> {
+    let pick = Pick::parse_duration(text)?;
+    if pick.within(crate::manifest::IDLE_TIMEOUT_RANGE) {
+        Ok(pick)
+    } else {
+        Err(format!("must be between 0s and 1h (got {text})"))
+    }
 }
 
 /// A path where `""` is allowed: Spin's way of saying "none".
@@ -348,6 +388,13 @@ impl RunArgs {
             },
             pooling: !self.disable_pooling,
             handler_timeout: self.handler_timeout,
+            max_instances: self.max_instances,
+            reuse: ReuseSettings {
+                max_uses: self.max_instance_reuse_count,
+                idle_timeout: self.idle_instance_timeout,
+                after_error: self.reuse_instance_after_error.then_some(true),
+            }
+            .over(&InstanceReuse::default()),
         };
         let output = OutputOptions {
             follow: match (self.quiet, self.follow.is_empty()) {
@@ -515,6 +562,10 @@ pub async fn spin_launch(args: SpinLaunchArgs) -> anyhow::Result<()> {
 
 /// Loads, prints what was loaded, runs until a stop signal, drains, exits.
 async fn run(options: ProviderOptions, args: &RunArgs) -> anyhow::Result<()> {
+    let stage_times = std::env::var_os(crate::stages::STAGE_TIMES_ENV).map(PathBuf::from);
+    if stage_times.is_some() {
+        crate::stages::enable();
+    }
     let provider = Provider::load(options).await?;
     // The endpoint's tokens, TLS and address are checked before any app starts.
     let listening = match args.listen {
@@ -553,6 +604,16 @@ async fn run(options: ProviderOptions, args: &RunArgs) -> anyhow::Result<()> {
     }
     let report = provider.shutdown(args.shutdown_timeout).await;
     drop(endpoint);
+    if let Some(file) = stage_times {
+        let times = crate::stages::snapshot().to_string();
+        std::fs::write(&file, times).with_context(|| {
+            format!(
+                "cannot write the stage times to {} ({})",
+                file.display(),
+                crate::stages::STAGE_TIMES_ENV
+            )
+        })?;
+    }
     if report.drained {
         tracing::info!("stopped cleanly");
     } else {

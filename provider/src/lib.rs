@@ -5,7 +5,7 @@
 //!
 //! The layers, each feeding the next:
 //! [`manifest`] (spin.toml and runtime config) → [`app`] (the validated app
-//! model) → [`host`] (wasmtime, one fresh instance per message) →
+//! model) → [`host`] (wasmtime; warm instances reused between events) →
 //! [`dispatch`] (deliveries to handlers, retries, dead letters) →
 //! [`broker`] (one link per broker behind one trait); [`keyvalue`] holds
 //! the stores components keep state in.
@@ -22,5 +22,7 @@ pub mod http;
 pub mod keyvalue;
 pub mod manifest;
 pub mod provider;
+pub mod stages;
+pub mod timeout;
 
 pub use provider::{Provider, ProviderOptions};

@@ -3,7 +3,7 @@
 use crate::app::App;
 use crate::broker::{Broker, LinkRegistry};
 use crate::dispatch::{AppRuntime, Dispatcher, DrainReport};
-use crate::host::{ComponentOutput, Grants, Host, HostOptions, PoolSize};
+use crate::host::{ComponentOutput, Grants, Host, HostOptions};
 use crate::keyvalue::{DEFAULT_STORE, KeyValueStore, StoreConfig, Stores};
 use crate::manifest::{self, ConfigError, ConfigErrors, LockedAppLocation, RuntimeConfig};
 use anyhow::Context as _;
@@ -164,19 +164,7 @@ impl Provider {
             None => load_apps(&options.manifests, &config)?,
         };
 
-        // Every component gets its own share of the instance pool: its
-        // `max_in_flight`. So no component waits for another's instances.
-        let components = apps.iter().flat_map(|a| &a.components);
-        let pool = PoolSize {
-            instances: components
-                .clone()
-                .map(|c| c.max_in_flight)
-                .sum::<usize>()
-                .try_into()
-                .unwrap_or(u32::MAX),
-            max_memory: components.map(|c| c.max_memory).max().unwrap_or(0),
-        };
-        let host = Arc::new(Host::new(options.host.clone(), pool)?);
+        let host = Arc::new(Host::new(options.host.clone())?);
         let dispatcher = Dispatcher::new(host.clone());
 
         let mut links = BTreeMap::new();

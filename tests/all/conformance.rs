@@ -48,7 +48,7 @@ async fn next(
 
 async fn nothing(sub: &mut Box<dyn Subscription>, wait: Duration) {
     if let Ok(Some(d)) = tokio::time::timeout(wait, sub.next()).await {
-        panic!("expected nothing, got {:?}", d.event);
+        panic!("expected nothing, got {:?}", d.event());
     }
 }
 

@@ -440,7 +440,7 @@ pub async fn attempts_survive_a_restart_of_the_provider(settings: &str) {
     let mut reports = 0;
     while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(500), results.0.next()).await
     {
-        reports += usize::from(d.event.id == "a1-attempt");
+        reports += usize::from(d.event().id == "a1-attempt");
     }
     assert_eq!(reports, 2, "the second provider ran attempts 2 and 3 only");
     second.shutdown(Duration::from_secs(5)).await;
@@ -717,7 +717,7 @@ async fn what_was_taken_is_handled_before_the_stop(settings: &str) {
     let mut seen = std::collections::BTreeSet::new();
     while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(200), results.0.next()).await
     {
-        seen.insert(d.event.id);
+        seen.insert(d.event().id.clone());
     }
     assert_eq!(
         seen.len(),

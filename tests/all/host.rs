@@ -4,7 +4,7 @@
 
 use crate::support::*;
 use messaging_provider::cloudevents::Event;
-use messaging_provider::host::{CacheSetting, Host, HostOptions, PoolSize};
+use messaging_provider::host::{CacheSetting, Host, HostOptions};
 use std::time::Duration;
 
 fn command(id: &str, ty: &str, subject: &str) -> Event {
@@ -396,29 +396,18 @@ async fn compiled_components_are_cached_across_restarts() {
     };
     let probe = &guests().probe;
 
-    let pool = PoolSize {
-        instances: 4,
-        max_memory: 64 << 20,
-    };
-    let first = Host::new(options(), pool).unwrap();
+    let first = Host::new(options()).unwrap();
     first.prepare(probe).unwrap();
     assert_eq!(first.cache_hits(), Some(0));
     drop(first);
-    let second = Host::new(options(), pool).unwrap();
+    let second = Host::new(options()).unwrap();
     second.prepare(probe).unwrap();
     assert_eq!(second.cache_hits(), Some(1), "a restart must not recompile");
 }
 
 #[test]
 fn a_component_importing_what_the_host_lacks_is_refused_naming_each_import() {
-    let host = Host::new(
-        test_host(),
-        PoolSize {
-            instances: 4,
-            max_memory: 64 << 20,
-        },
-    )
-    .unwrap();
+    let host = Host::new(test_host()).unwrap();
     let error = match host.prepare(&guests().unhosted) {
         Ok(_) => panic!("a component with unhosted imports was prepared"),
         Err(e) => format!("{e:#}"),

@@ -3,6 +3,9 @@
 //! within their memory limit, and the HTTP endpoint answers while handlers
 //! are busy.
 //!
+//! The good and the bad apps share the process with `ISOLATION_IDLE_APPS`
+//! idle copies of the relay sample (1,000 by default).
+//!
 //! `ISOLATION_EVENTS` sets how many events the good app relays per
 //! measurement, over seven windows (default 14,000; the README's figures
 //! use 50,000), and `ISOLATION_MIN_RATIO` the share of its throughput it
@@ -37,6 +40,41 @@ name = "bad"
         );
     }
     write_app(&text)
+}
+
+/// Copies of the relay sample, each on channels of its own that nothing
+/// publishes to: loaded beside the good and the bad apps, they must cost
+/// them nothing.
+fn idle_apps(n: usize) -> Vec<AppDir> {
+    let sample = std::fs::read_to_string(repo().join("sample-apps/relay/spin.toml")).unwrap();
+    let relay = guests().relay.display().to_string();
+    (0..n)
+        .map(|i| {
+            let text = sample
+                .replace("name = \"relay\"", &format!("name = \"idle{i}\""))
+                .replace(
+                    "kind = \"queue\"",
+                    &format!("kind = \"queue\"\naddress = \"idle{i}.orders\""),
+                )
+                .lines()
+                .map(|line| match line.starts_with("source = ") {
+                    true => format!("source = {relay:?}"),
+                    false => line.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            write_app(&text)
+        })
+        .collect()
+}
+
+/// How many idle apps are loaded beside the others: `ISOLATION_IDLE_APPS`,
+/// 1,000 by default.
+fn idle_app_count() -> usize {
+    std::env::var("ISOLATION_IDLE_APPS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000)
 }
 
 /// Channel (and component) name, and the probe event type that misbehaves.
@@ -185,7 +223,10 @@ async fn endpoint_latency(url: &str) -> Duration {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_good_app_keeps_its_throughput_next_to_misbehaving_ones() {
     let (good, bad) = (good_app(), bad_app());
-    let provider = Arc::new(start(&[&good.manifest, &bad.manifest], None).await);
+    let idle = idle_apps(idle_app_count());
+    let mut manifests = vec![good.manifest.as_path(), bad.manifest.as_path()];
+    manifests.extend(idle.iter().map(|app| app.manifest.as_path()));
+    let provider = Arc::new(start(&manifests, None).await);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let _endpoint = messaging_provider::http::Endpoint::start(listener, &provider).unwrap();
@@ -212,7 +253,8 @@ async fn a_good_app_keeps_its_throughput_next_to_misbehaving_ones() {
     let ratio = beside.median / alone.median;
     let slowest = latencies.iter().max().unwrap();
     eprintln!(
-        "isolation: good app alone {alone} events/s, beside a looping, a memory-hungry, a stack-overflowing and an always-trapping component (each fed 20 events/s, {fed} each) {beside} events/s: ratio of medians {ratio:.2}; RSS {rss_alone} MiB alone, {rss_beside} MiB beside; HTTP publish + watch {latency_alone:?} alone, at most {slowest:?} beside"
+        "isolation ({} idle apps loaded too): good app alone {alone} events/s, beside a looping, a memory-hungry, a stack-overflowing and an always-trapping component (each fed 20 events/s, {fed} each) {beside} events/s: ratio of medians {ratio:.2}; RSS {rss_alone} MiB alone, {rss_beside} MiB beside; HTTP publish + watch {latency_alone:?} alone, at most {slowest:?} beside",
+        idle.len()
     );
     let floor = min_ratio();
     assert!(

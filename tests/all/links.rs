@@ -212,7 +212,7 @@ async fn recovers(app: &messaging_provider::dispatch::AppRuntime, results: &mut 
             && let Ok(Some(d)) =
                 tokio::time::timeout(Duration::from_millis(500), results.0.next()).await
         {
-            assert!(d.event.id.starts_with("after-"), "{:?}", d.event);
+            assert!(d.event().id.starts_with("after-"), "{:?}", d.event());
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -256,7 +256,7 @@ pub async fn every_subscription_resumes_after_restarts(mut server: PrivateServer
         }
         server.restart();
         for delivery in held {
-            let id = delivery.event.id.clone();
+            let id = delivery.event().id.clone();
             let (_, _, ack) = delivery.into_parts();
             // Ok or an error: the broker hands back what it did not get.
             assert!(
@@ -294,7 +294,7 @@ async fn resumed(
         }
         let until = tokio::time::Instant::now() + Duration::from_secs(1);
         while let Ok(Some(delivery)) = tokio::time::timeout_at(until, subscription.next()).await {
-            if delivery.event.id.starts_with(&format!("{prefix}-")) {
+            if delivery.event().id.starts_with(&format!("{prefix}-")) {
                 return delivery;
             }
             let _ = delivery.into_parts().2.ack().await;

@@ -13,6 +13,7 @@ mod fuzz;
 mod host;
 mod http;
 mod inbound;
+mod instances;
 mod isolation;
 mod keyvalue;
 mod links;

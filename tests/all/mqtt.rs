@@ -263,5 +263,5 @@ async fn properties_too_long_for_mqtt5_are_refused_not_sent_corrupt() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(got.event.id, "fine");
+    assert_eq!(got.event().id, "fine");
 }

@@ -80,17 +80,7 @@ pub fn foreign_guests() -> &'static ForeignGuests {
                 args.join(" ")
             );
         };
-        // componentize-py is a console script of the python3 that
-        // scripts/test.sh installed it into.
-        let scripts = Command::new("python3")
-            .args([
-                "-c",
-                "import sysconfig; print(sysconfig.get_path('scripts'))",
-            ])
-            .output()
-            .expect("cannot run python3");
-        let componentize_py =
-            PathBuf::from(String::from_utf8_lossy(&scripts.stdout).trim()).join("componentize-py");
+        let componentize_py = componentize_py();
         let python = out.join("counter-py.wasm");
         build(
             "counter-py",
@@ -116,6 +106,43 @@ pub fn foreign_guests() -> &'static ForeignGuests {
             &["build.mjs", javascript.to_str().unwrap()],
         );
         ForeignGuests { python, javascript }
+    })
+}
+
+/// componentize-py, where `scripts/test.sh` installed it (pip's scripts
+/// directory, which need not be on PATH).
+pub fn componentize_py() -> PathBuf {
+    let scripts = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .expect("cannot run python3");
+    PathBuf::from(String::from_utf8_lossy(&scripts.stdout).trim()).join("componentize-py")
+}
+
+/// The Python probe (`tests/fixtures/probe-py`), built once per test run.
+pub fn python_probe() -> &'static Path {
+    static PROBE: OnceLock<PathBuf> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        let out = repo().join("target/wasm/probe-py.wasm");
+        let status = Command::new(componentize_py())
+            .args([
+                "-d",
+                "../../../wit",
+                "-w",
+                "service",
+                "componentize",
+                "app",
+                "-o",
+            ])
+            .arg(&out)
+            .current_dir(repo().join("tests/fixtures/probe-py"))
+            .status()
+            .expect("cannot run componentize-py (scripts/test.sh installs it)");
+        assert!(status.success(), "building tests/fixtures/probe-py failed");
+        out
     })
 }
 
@@ -260,7 +287,7 @@ impl Watch {
     /// Asserts nothing arrives for `wait`.
     pub async fn expect_nothing(&mut self, wait: Duration) {
         if let Ok(Some(d)) = tokio::time::timeout(wait, self.0.next()).await {
-            panic!("expected no event, got {:?}", d.event);
+            panic!("expected no event, got {:?}", d.event());
         }
     }
 }

@@ -397,7 +397,7 @@ impl Inner {
                 .await?
                 .await
         };
-        match tokio::time::timeout(timeout, confirm).await {
+        match crate::timeout::timeout(timeout, confirm).await {
             Err(_) => Err(BrokerError::unconfirmed("RabbitMQ", timeout)),
             Ok(Err(e)) => Err(BrokerError::ConnectionLost(format!(
                 "AMQP link `{}`: {e}",
@@ -471,6 +471,7 @@ impl Broker for AmqpBroker {
 
     async fn publish(&self, address: &str, event: &Event) -> Result<(), BrokerError> {
         let inner = &self.0;
+        let encoding = crate::stages::start();
         let (headers, content_type, body) =
             BINARY.encode_message(event, inner.settings.content_mode);
         let mut table = FieldTable::default();
@@ -486,6 +487,7 @@ impl Broker for AmqpBroker {
         if let Some(ct) = content_type {
             properties = properties.with_content_type(short_string(ct, "content type")?);
         }
+        crate::stages::record(crate::stages::Stage::Encode, encoding);
         let mandatory = inner.queues.lock().unwrap().contains(address);
         inner
             .publish_confirmed(
@@ -598,7 +600,7 @@ impl AmqpAck {
                 "cannot {what}: the channel closed, so RabbitMQ hands the delivery back"
             )));
         }
-        match tokio::time::timeout(self.timeout, settled).await {
+        match crate::timeout::timeout(self.timeout, settled).await {
             Ok(result) => result
                 .map(drop)
                 .map_err(|e| BrokerError::ConnectionLost(e.to_string())),
@@ -712,6 +714,7 @@ fn count(value: &AMQPValue) -> Option<u32> {
 
 impl AmqpSubscription {
     fn delivery(&self, delivery: lapin::message::Delivery) -> Delivery {
+        let decoding = crate::stages::start();
         let link = &self.inner.name;
         let props = &delivery.properties;
         let mut headers = Vec::new();
@@ -743,6 +746,7 @@ impl AmqpSubscription {
             content_type: content_type.as_deref(),
             body: &delivery.data,
         });
+        crate::stages::record(crate::stages::Stage::Decode, decoding);
         let returned = returned.unwrap_or(u32::from(delivery.redelivered));
         let attempt = carried.unwrap_or(1).max(1).saturating_add(returned);
         let republish = self.group.clone().map(|group| Republish {

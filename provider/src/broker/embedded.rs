@@ -114,6 +114,9 @@ struct Address {
 struct Envelope {
     event: Arc<Event>,
     attempt: u32,
+    /// Whether the event is not a valid CloudEvent (checked once, when
+    /// published).
+    invalid: bool,
 }
 
 /// A bounded buffer; its receiver is shared by a queue group's competing members.
@@ -146,23 +149,15 @@ impl EmbeddedBroker {
         }
     }
 
-    fn group_lane(&self, address: &str, group: &str) -> Lane {
-        let mut addresses = self.inner.addresses.lock().unwrap();
-        let addr = addresses.entry(address.to_string()).or_default();
-        addr.groups
-            .entry(group.to_string())
-            .or_insert_with(|| Lane::new(self.inner.settings.capacity))
-            .clone()
-    }
-}
-
-#[async_trait]
-impl Broker for EmbeddedBroker {
-    fn max_payload(&self) -> Option<usize> {
-        Some(self.inner.settings.max_payload)
-    }
-
-    async fn publish(&self, address: &str, event: &Event) -> Result<(), BrokerError> {
+    /// Puts an event into every buffer of `address`: at once when each has
+    /// room, else waiting for room (in all of them, before any gets the
+    /// event) up to `publish_timeout`.
+    async fn put(
+        &self,
+        address: &str,
+        event: Arc<Event>,
+        invalid: bool,
+    ) -> Result<(), BrokerError> {
         if self.inner.closed.is_cancelled() {
             return Err(BrokerError::Unavailable(
                 "the embedded broker is shut down".into(),
@@ -183,11 +178,45 @@ impl Broker for EmbeddedBroker {
         if targets.is_empty() {
             return Ok(());
         }
+        let envelope = || Envelope {
+            event: event.clone(),
+            attempt: 1,
+            invalid,
+        };
         // Room is reserved in every buffer first, so a publish that times out
         // has delivered to no one and can be retried without duplicates.
+        let mut permits = Vec::with_capacity(targets.len());
+        let mut full = false;
+        for tx in &targets {
+            match tx.try_reserve() {
+                Ok(permit) => permits.push(permit),
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    full = true;
+                    break;
+                }
+                // A subscriber that is gone takes nothing.
+                Err(mpsc::error::TrySendError::Closed(())) => {}
+            }
+        }
+        if full {
+            drop(permits);
+            permits = self.reserve_all(address, &targets).await?;
+        }
+        for permit in permits {
+            permit.send(envelope());
+        }
+        Ok(())
+    }
+
+    /// Waits for room in every buffer, up to `publish_timeout`.
+    async fn reserve_all<'a>(
+        &self,
+        address: &str,
+        targets: &'a [mpsc::Sender<Envelope>],
+    ) -> Result<Vec<mpsc::Permit<'a, Envelope>>, BrokerError> {
         let reserve_all = async {
             let mut permits = Vec::with_capacity(targets.len());
-            for tx in &targets {
+            for tx in targets {
                 if let Ok(permit) = tx.reserve().await {
                     permits.push(permit);
                 }
@@ -201,7 +230,7 @@ impl Broker for EmbeddedBroker {
         let permits = tokio::select! {
             biased;
             _ = self.inner.closed.cancelled() => return Err(lost()),
-            r = tokio::time::timeout(timeout, reserve_all) => r.map_err(|_| BrokerError::DeliveryFailed(format!(
+            r = crate::timeout::timeout(timeout, reserve_all) => r.map_err(|_| BrokerError::DeliveryFailed(format!(
                 "`{address}` stayed full for {}: its consumers are not keeping up (capacity {})",
                 humantime::format_duration(timeout), self.inner.settings.capacity
             )))?,
@@ -210,14 +239,34 @@ impl Broker for EmbeddedBroker {
         if self.inner.closed.is_cancelled() {
             return Err(lost());
         }
-        let event = Arc::new(event.clone());
-        for permit in permits {
-            permit.send(Envelope {
-                event: event.clone(),
-                attempt: 1,
-            });
-        }
-        Ok(())
+        Ok(permits)
+    }
+
+    fn group_lane(&self, address: &str, group: &str) -> Lane {
+        let mut addresses = self.inner.addresses.lock().unwrap();
+        let addr = addresses.entry(address.to_string()).or_default();
+        addr.groups
+            .entry(group.to_string())
+            .or_insert_with(|| Lane::new(self.inner.settings.capacity))
+            .clone()
+    }
+}
+
+#[async_trait]
+impl Broker for EmbeddedBroker {
+    fn max_payload(&self) -> Option<usize> {
+        Some(self.inner.settings.max_payload)
+    }
+
+    async fn publish(&self, address: &str, event: &Event) -> Result<(), BrokerError> {
+        // Checked here, once for every subscriber: what reaches a handler
+        // is a valid event or the wrapper of an invalid one.
+        let invalid = event.validate().is_err();
+        self.put(address, Arc::new(event.clone()), invalid).await
+    }
+
+    async fn publish_checked(&self, address: &str, event: Arc<Event>) -> Result<(), BrokerError> {
+        self.put(address, event, false).await
     }
 
     async fn declare_queue(&self, address: &str, group: &str) -> Result<(), BrokerError> {
@@ -315,29 +364,27 @@ impl Subscription for EmbeddedSubscription {
             e = async { self.lane.rx.lock().await.recv().await } => e?,
             _ = self.closed.cancelled() => return None,
         };
-        // Only the provider publishes here, and it validates; the one rule
-        // for what comes in holds all the same (an invalid event travels
-        // whole, in the JSON format).
-        let event = (*envelope.event).clone();
-        let admitted = match event.validate() {
-            Ok(()) => Ok(event),
-            Err(_) => {
-                let document = json::encode(&event);
-                inbound::admit(Ok(event), || Received {
-                    link: "embedded",
-                    address: &self.address,
-                    metadata: Vec::new(),
-                    content_type: Some(JSON_FORMAT),
-                    body: &document,
-                })
-            }
-        };
         let attempt = envelope.attempt;
-        let ack = EmbeddedAck {
+        let event = envelope.event.clone();
+        let invalid = envelope.invalid;
+        let ack = Box::new(EmbeddedAck {
             requeue: self.lane.tx.clone(),
             envelope,
-        };
-        Some(Delivery::received(admitted, attempt, Box::new(ack)))
+        });
+        if !invalid {
+            return Some(Delivery::new(event, attempt, ack));
+        }
+        // The one rule for what comes in holds here too: an invalid event
+        // travels whole, in the JSON format, to the dead-letter channel.
+        let document = json::encode(&event);
+        let admitted = inbound::admit(Ok(Event::clone(&event)), || Received {
+            link: "embedded",
+            address: &self.address,
+            metadata: Vec::new(),
+            content_type: Some(JSON_FORMAT),
+            body: &document,
+        });
+        Some(Delivery::received(admitted, attempt, ack))
     }
 
     async fn stop(&mut self) {
@@ -375,10 +422,15 @@ impl Acknowledge for EmbeddedAck {
     /// Requeues after `delay` from a task of its own, so that neither the
     /// delay nor a full buffer holds up the caller.
     async fn nack(self: Box<Self>, delay: Duration) -> Result<(), BrokerError> {
-        let Envelope { event, attempt } = self.envelope;
+        let Envelope {
+            event,
+            attempt,
+            invalid,
+        } = self.envelope;
         let envelope = Envelope {
             event,
             attempt: attempt.saturating_add(1),
+            invalid,
         };
         let requeue = self.requeue;
         tokio::spawn(async move {

@@ -100,6 +100,13 @@ pub trait Broker: Send + Sync + 'static {
     /// than guess, since a wrong guess drops the event.
     async fn publish(&self, address: &str, event: &Event) -> Result<(), BrokerError>;
 
+    /// [`Broker::publish`] for an event the caller has already validated
+    /// and hands over: a link that keeps events in memory keeps this one,
+    /// without a copy or a second check.
+    async fn publish_checked(&self, address: &str, event: Arc<Event>) -> Result<(), BrokerError> {
+        self.publish(address, &event).await
+    }
+
     /// Makes sure a queue group exists, so events published before its first
     /// consumer joins are kept for it. Called before anything is published
     /// to the address or subscribed to it.
@@ -175,8 +182,10 @@ pub trait Acknowledge: Send + Sync {
 
 /// One event handed to a subscriber, to be acknowledged once handled.
 pub struct Delivery {
-    /// The event; for a malformed message, the event that wraps it.
-    pub event: Event,
+    /// The event; for a malformed message, the event that wraps it. Shared,
+    /// so that a link that keeps it for a redelivery (the embedded broker)
+    /// and a handler's retries use it without copies.
+    event: Arc<Event>,
     /// Which delivery of the event this is, as the broker counts them where
     /// it does (1 for the first): attempts survive redelivery.
     pub attempt: u32,
@@ -188,9 +197,9 @@ pub struct Delivery {
 
 impl Delivery {
     /// Wraps a valid event with the way to settle it.
-    pub fn new(event: Event, attempt: u32, ack: Box<dyn Acknowledge>) -> Self {
+    pub fn new(event: impl Into<Arc<Event>>, attempt: u32, ack: Box<dyn Acknowledge>) -> Self {
         Delivery {
-            event,
+            event: event.into(),
             attempt,
             malformed: None,
             ack,
@@ -206,22 +215,38 @@ impl Delivery {
     ) -> Self {
         match admitted {
             Ok(event) => Delivery::new(event, attempt, ack),
-            Err(Malformed { reason, wrapper }) => Delivery {
-                event: *wrapper,
-                attempt,
-                malformed: Some(reason),
-                ack,
-            },
+            Err(malformed) => Delivery::malformed(malformed, attempt, ack),
         }
     }
 
+    /// A delivery of a message that is not a valid CloudEvent.
+    pub fn malformed(malformed: Malformed, attempt: u32, ack: Box<dyn Acknowledge>) -> Self {
+        let Malformed { reason, wrapper } = malformed;
+        Delivery {
+            event: Arc::new(*wrapper),
+            attempt,
+            malformed: Some(reason),
+            ack,
+        }
+    }
+
+    /// The event (for a malformed message, its wrapper).
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
     /// Why the message is not a valid CloudEvent, if it is not.
-    pub fn malformed(&self) -> Option<&str> {
+    pub fn malformed_reason(&self) -> Option<&str> {
         self.malformed.as_deref()
     }
 
     /// Splits the delivery into its event, its attempt and its settlement.
     pub fn into_parts(self) -> (Event, u32, Box<dyn Acknowledge>) {
+        (Arc::unwrap_or_clone(self.event), self.attempt, self.ack)
+    }
+
+    /// Splits the delivery, keeping the event shared.
+    pub fn into_shared_parts(self) -> (Arc<Event>, u32, Box<dyn Acknowledge>) {
         (self.event, self.attempt, self.ack)
     }
 

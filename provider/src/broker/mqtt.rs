@@ -704,7 +704,9 @@ impl Broker for MqttBroker {
         let sent = match &self.publisher.client {
             Client::V5(c) => {
                 let (user_properties, content_type, payload) =
-                    BINARY.encode_message(event, s.content_mode.unwrap_or_default());
+                    crate::stages::timed(crate::stages::Stage::Encode, || {
+                        BINARY.encode_message(event, s.content_mode.unwrap_or_default())
+                    });
                 check_string_lengths(&user_properties, content_type.as_deref())?;
                 let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
                     user_properties,
@@ -718,7 +720,8 @@ impl Broker for MqttBroker {
                     .map_err(|e| e.to_string())
             }
             Client::V3(c) => {
-                let payload = json::encode(event);
+                let payload =
+                    crate::stages::timed(crate::stages::Stage::Encode, || json::encode(event));
                 let _order = self.order.lock().await;
                 self.publisher.queued.lock().unwrap().push_back(done);
                 c.publish(address, qos3(s.qos), false, payload)
@@ -727,7 +730,7 @@ impl Broker for MqttBroker {
             }
         };
         sent.map_err(BrokerError::ConnectionLost)?;
-        match tokio::time::timeout(s.publish_timeout, confirmed).await {
+        match crate::timeout::timeout(s.publish_timeout, confirmed).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(BrokerError::ConnectionLost(format!(
                 "MQTT link `{}` went down before the broker acknowledged",
@@ -795,6 +798,7 @@ impl Subscription for MqttSubscription {
         else {
             unreachable!("only publishes are forwarded");
         };
+        let decoding = crate::stages::start();
         let origin = (self.link.as_str(), topic.as_str());
         let decoded = match self.version {
             MqttVersion::V5 => {
@@ -809,6 +813,7 @@ impl Subscription for MqttSubscription {
             content_type: content_type.as_deref(),
             body: &payload,
         });
+        crate::stages::record(crate::stages::Stage::Decode, decoding);
         // Acknowledged to the broker on arrival (see the module docs).
         Some(Delivery::received(event, 1, Box::new(NothingToSettle)))
     }

@@ -460,6 +460,17 @@ fn event_of(
     headers: Option<&HeaderMap>,
     payload: &[u8],
 ) -> Result<Event, Malformed> {
+    crate::stages::timed(crate::stages::Stage::Decode, || {
+        admitted(link, subject, headers, payload)
+    })
+}
+
+fn admitted(
+    link: &str,
+    subject: &str,
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Result<Event, Malformed> {
     let pairs = pairs_of(headers);
     let decoded = match pairs.iter().find(|(name, _)| name == UNPARSED_HEADERS) {
         Some(_) => Err(
@@ -488,8 +499,10 @@ impl Broker for NatsBroker {
 
     async fn publish(&self, address: &str, event: &Event) -> Result<(), BrokerError> {
         self.check_connected()?;
-        let (headers, body) = encode(event, self.settings.content_mode);
-        let headers = headers_of(headers);
+        let (headers, body) = crate::stages::timed(crate::stages::Stage::Encode, || {
+            let (headers, body) = encode(event, self.settings.content_mode);
+            (headers_of(headers), body)
+        });
         let timeout = self.settings.publish_timeout;
         let timed_out = || BrokerError::unconfirmed("NATS", timeout);
         match &self.js {
@@ -498,7 +511,7 @@ impl Broker for NatsBroker {
                     .publish_with_headers(address.to_string(), headers, body.into())
                     .await
                     .map_err(|e| BrokerError::ConnectionLost(e.to_string()))?;
-                tokio::time::timeout(timeout, self.client.flush())
+                crate::timeout::timeout(timeout, self.client.flush())
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(|e| BrokerError::ConnectionLost(e.to_string()))
@@ -511,7 +524,7 @@ impl Broker for NatsBroker {
                     .publish_with_headers(address.to_string(), headers, body.into())
                     .await
                     .map_err(|e| BrokerError::ConnectionLost(e.to_string()))?;
-                let stored = tokio::time::timeout(timeout, ack)
+                let stored = crate::timeout::timeout(timeout, ack)
                     .await
                     .map_err(|_| timed_out())?;
                 stored.map(drop).map_err(|e| {
@@ -676,7 +689,7 @@ impl Subscription for JsSubscription {
             if let Some(batch) = &mut self.batch {
                 // A pull request ends on its own after PULL_EXPIRES; one lost
                 // with a server restart ends here.
-                match tokio::time::timeout(PULL_EXPIRES * 2, batch.next()).await {
+                match crate::timeout::timeout(PULL_EXPIRES * 2, batch.next()).await {
                     Ok(Some(Ok(message))) => {
                         self.failure = None;
                         let attempt = message

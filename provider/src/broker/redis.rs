@@ -301,6 +301,7 @@ impl Broker for RedisBroker {
     async fn publish(&self, address: &str, event: &Event) -> Result<(), BrokerError> {
         let kind = self.kind(address)?;
         let mut conn = self.conn().await?;
+        let encoding = crate::stages::start();
         let mut cmd;
         match kind {
             Kind::PubSub => {
@@ -319,8 +320,9 @@ impl Broker for RedisBroker {
                 }
             }
         }
+        crate::stages::record(crate::stages::Stage::Encode, encoding);
         let timeout = self.settings.publish_timeout;
-        tokio::time::timeout(timeout, cmd.query_async::<redis::Value>(&mut conn))
+        crate::timeout::timeout(timeout, cmd.query_async::<redis::Value>(&mut conn))
             .await
             .map_err(|_| BrokerError::unconfirmed("Redis", timeout))?
             .map(drop)
@@ -444,14 +446,16 @@ impl PubSubSubscription {
     fn delivery(&self, msg: &redis::Msg) -> Delivery {
         let (link, channel) = (&self.origin.0, &self.origin.1);
         let payload = msg.get_payload_bytes();
-        let event = inbound::admit(json::decode_or_wrap(payload, (link, channel)), || {
-            Received {
-                link,
-                address: channel,
-                metadata: Vec::new(),
-                content_type: None,
-                body: payload,
-            }
+        let event = crate::stages::timed(crate::stages::Stage::Decode, || {
+            inbound::admit(json::decode_or_wrap(payload, (link, channel)), || {
+                Received {
+                    link,
+                    address: channel,
+                    metadata: Vec::new(),
+                    content_type: None,
+                    body: payload,
+                }
+            })
         });
         Delivery::received(event, 1, Box::new(NothingToSettle))
     }
@@ -554,6 +558,10 @@ mod raw {
 /// The event in a stream entry, under the one rule for what comes in (see
 /// [`inbound`]).
 fn event_of(origin: &(String, String), fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Event, Malformed> {
+    crate::stages::timed(crate::stages::Stage::Decode, || admitted(origin, fields))
+}
+
+fn admitted(origin: &(String, String), fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Event, Malformed> {
     inbound::admit(decode_fields(fields, (&origin.0, &origin.1)), || Received {
         link: &origin.0,
         address: &origin.1,

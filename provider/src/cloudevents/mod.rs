@@ -134,10 +134,18 @@ impl Event {
         }
         // A name given twice has no meaning in the JSON format, which keeps
         // one of them: the event would not read back as it was sent.
-        let mut names = std::collections::BTreeSet::new();
-        for (name, _) in &self.extensions {
+        // Few extensions (the common case) are compared pairwise, without
+        // allocating; many, through a set.
+        let mut many = (self.extensions.len() > 16).then(std::collections::BTreeSet::new);
+        for (i, (name, _)) in self.extensions.iter().enumerate() {
             validate_extension_name(name)?;
-            if !names.insert(name.as_str()) {
+            let repeated = match &mut many {
+                Some(names) => !names.insert(name.as_str()),
+                None => self.extensions[..i]
+                    .iter()
+                    .any(|(earlier, _)| earlier == name),
+            };
+            if repeated {
                 return Err(format!("extension `{name}` is given more than once"));
             }
         }
@@ -165,6 +173,10 @@ impl Event {
                 .map(|(name, value)| (name.as_str(), value)),
         );
         for (name, value) in attributes {
+            // Printable ASCII, the common case, needs no decoding.
+            if value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                continue;
+            }
             if let Some(c) = value.chars().find(|&c| !allowed_in_string(c)) {
                 return Err(format!(
                     "attribute `{name}` holds {}, which a CloudEvents string may not",

@@ -9,7 +9,8 @@ use crate::broker::{Broker, BrokerError, SubscribeMode, Subscription};
 use crate::cloudevents::Event;
 use crate::host::bindings::Channel as WitChannel;
 use crate::host::{
-    ComponentOutput, Grants, InstanceIdentity, MessagingCtx, MessagingError, PreparedComponent,
+    ComponentOutput, Grants, InstanceIdentity, Instances, MessagingCtx, MessagingError,
+    PreparedComponent,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -39,10 +40,12 @@ pub(crate) struct BoundChannel {
 
 /// A component of an app, prepared to run.
 pub(crate) struct ComponentRuntime {
+    /// Its app's name, for log lines.
+    pub app_name: String,
     pub app: Weak<AppRuntime>,
     pub spec: ComponentSpec,
-    pub prepared: PreparedComponent,
-    pub identity: InstanceIdentity,
+    /// Its instances, warm ones included.
+    pub instances: Arc<Instances>,
     /// Its own bound on handlers at once, shared by all its subscriptions.
     pub in_flight: Arc<Semaphore>,
     /// Slows it down while its handlers keep failing.
@@ -91,20 +94,23 @@ impl AppRuntime {
                         component: spec.id.clone(),
                         may_publish: spec.publish.clone(),
                     });
+                    let identity = InstanceIdentity {
+                        app: app.name.clone(),
+                        component: spec.id.clone(),
+                        environment: spec.environment.clone(),
+                        messaging,
+                        output,
+                        max_memory: spec.max_memory,
+                        grants,
+                    };
+                    let host = &dispatcher.host;
+                    let reuse = spec.reuse.over(&host.reuse());
                     Arc::new(ComponentRuntime {
+                        app_name: app.name.clone(),
                         app: weak.clone(),
-                        identity: InstanceIdentity {
-                            app: app.name.clone(),
-                            component: spec.id.clone(),
-                            environment: spec.environment.clone(),
-                            messaging,
-                            output,
-                            max_memory: spec.max_memory,
-                            grants,
-                        },
+                        instances: host.instances(&component, identity, reuse),
                         in_flight: Arc::new(Semaphore::new(spec.max_in_flight)),
                         breaker: Breaker::default(),
-                        prepared: component,
                         spec,
                     })
                 })
@@ -278,7 +284,8 @@ impl AppRuntime {
         channel: &str,
         event: &Event,
     ) -> Result<(), MessagingError> {
-        self.send(self.named(channel)?, event).await
+        self.send(self.named(channel)?, Arc::new(event.clone()))
+            .await
     }
 
     /// Watches a channel: every event published on it from now on, without
@@ -290,6 +297,14 @@ impl AppRuntime {
             .link
             .subscribe(&channel.spec.address, SubscribeMode::Topic)
             .await?)
+    }
+
+    /// A component's instances (how many were created, reused, are warm).
+    pub fn instances(&self, component: &str) -> Option<&Arc<Instances>> {
+        self.components
+            .iter()
+            .find(|c| c.spec.id == component)
+            .map(|c| &c.instances)
     }
 
     /// How many dynamic subscriptions are active.
@@ -317,7 +332,7 @@ impl AppRuntime {
     pub(crate) async fn send(
         &self,
         channel: &BoundChannel,
-        event: &Event,
+        event: Arc<Event>,
     ) -> Result<(), MessagingError> {
         event.validate().map_err(|e| {
             MessagingError::UnsupportedMessageFormat(format!("not a valid CloudEvent: {e}"))
@@ -337,7 +352,13 @@ impl AppRuntime {
             }
         }
         self.declare(channel).await?;
-        Ok(channel.link.publish(&channel.spec.address, event).await?)
+        let publishing = crate::stages::start();
+        let published = channel
+            .link
+            .publish_checked(&channel.spec.address, event)
+            .await;
+        crate::stages::record(crate::stages::Stage::Publish, publishing);
+        Ok(published?)
     }
 
     /// Finds a channel a guest named, checking that its kind matches.
@@ -395,7 +416,7 @@ impl MessagingCtx for ComponentCtx {
                 self.component, channel.spec.name
             )));
         }
-        app.send(channel, &event).await
+        app.send(channel, Arc::new(event)).await
     }
 
     async fn subscribe(&self, channel: WitChannel) -> Result<String, MessagingError> {

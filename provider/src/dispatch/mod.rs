@@ -131,7 +131,7 @@ impl Dispatcher {
                 delivery = sub.next() => delivery,
             };
             let Some(delivery) = delivery else {
-                tracing::warn!(app = %component.identity.app, component = %component.spec.id, channel = %channel.spec.name, "the broker ended the subscription");
+                tracing::warn!(app = %component.app_name, component = %component.spec.id, channel = %channel.spec.name, "the broker ended the subscription");
                 return;
             };
             self.spawn_handler(&component, &channel, delivery, permit);
@@ -187,7 +187,7 @@ impl Dispatcher {
             let permit = tokio::select! {
                 biased;
                 _ = self.deadline.cancelled() => {
-                    self.lost(component, channel, &delivery.event, "the shutdown deadline passed before it could be handled");
+                    self.lost(component, channel, delivery.event(), "the shutdown deadline passed before it could be handled");
                     break;
                 }
                 permit = component.in_flight.clone().acquire_owned() => match permit {
@@ -205,14 +205,14 @@ impl Dispatcher {
                     self.lost(
                         component,
                         channel,
-                        &delivery.event,
+                        delivery.event(),
                         "the shutdown deadline passed before it could be handled",
                     );
                 }
             }
         }
         if handed_back > 0 {
-            tracing::info!(app = %component.identity.app, component = %component.spec.id, channel = %channel.spec.name, "handed back {handed_back} events taken from the broker but not started");
+            tracing::info!(app = %component.app_name, component = %component.spec.id, channel = %channel.spec.name, "handed back {handed_back} events taken from the broker but not started");
         }
     }
 
@@ -224,14 +224,15 @@ impl Dispatcher {
         delivery: Delivery,
     ) {
         let spec = &channel.spec;
-        if let Some(reason) = delivery.malformed().map(str::to_string) {
+        if let Some(reason) = delivery.malformed_reason().map(str::to_string) {
             // Not a valid CloudEvent: no handler sees it (see `inbound`).
-            let (wrapper, _, ack) = delivery.into_parts();
+            let (wrapper, _, ack) = delivery.into_shared_parts();
             return self
-                .dead_letter(component, channel, wrapper, 0, &reason, ack)
+                .dead_letter(component, channel, &wrapper, 0, &reason, ack)
                 .await;
         }
-        let (event, mut attempt, ack) = delivery.into_parts();
+        let (event, mut attempt, ack) = delivery.into_shared_parts();
+        let event = &*event;
         // An open breaker lets new events through one at a time, after a
         // pause (the gate is held until the event is done); retries go on
         // to their end.
@@ -257,14 +258,16 @@ impl Dispatcher {
                     .dead_letter(component, channel, event, spec.max_attempts, &error, ack)
                     .await;
             }
-            let failure = match self.run(component, &event, ack.as_ref()).await {
+            let failure = match self.run(component, event, ack.as_ref()).await {
                 Ok(()) => {
                     if component.breaker.succeeded() {
-                        tracing::info!(app = %component.identity.app, component = %component.spec.id, "a handler succeeded again: the component is back to full speed");
+                        tracing::info!(app = %component.app_name, component = %component.spec.id, "a handler succeeded again: the component is back to full speed");
                     }
+                    let settling = crate::stages::start();
                     if let Err(e) = ack.ack().await {
                         tracing::warn!(event_id = %event.id, channel = %spec.name, "cannot acknowledge a handled event ({e}); the broker may deliver it again");
                     }
+                    crate::stages::record(crate::stages::Stage::Settle, settling);
                     return;
                 }
                 Err(failure) => failure,
@@ -277,7 +280,7 @@ impl Dispatcher {
                 link_waits += 1;
                 let wait = spec.retry.after(link_waits);
                 tracing::warn!(
-                    app = %component.identity.app, component = %component.spec.id, channel = %spec.name,
+                    app = %component.app_name, component = %component.spec.id, channel = %spec.name,
                     event_id = %event.id, attempt, max_attempts = spec.max_attempts,
                     "{error}; a link was down during the run ({trouble}), so this does not count as an attempt; trying again in {}",
                     humantime::format_duration(wait)
@@ -288,14 +291,14 @@ impl Dispatcher {
                 continue;
             }
             tracing::warn!(
-                app = %component.identity.app, component = %component.spec.id, channel = %spec.name,
+                app = %component.app_name, component = %component.spec.id, channel = %spec.name,
                 event_id = %event.id, attempt, max_attempts = spec.max_attempts, "{error}"
             );
             // A new event's first failure counts towards the breaker (link
             // troubles never get here; in-process retries have attempt > 1).
             if attempt == 1 && component.breaker.failed() {
                 tracing::warn!(
-                    app = %component.identity.app, component = %component.spec.id,
+                    app = %component.app_name, component = %component.spec.id,
                     "the component failed on {} new events in a row: it now takes new events one at a time, {} apart at first, until one succeeds",
                     breaker::OPEN_AFTER, humantime::format_duration(component.breaker.pause())
                 );
@@ -327,17 +330,15 @@ impl Dispatcher {
         event: &Event,
         ack: &dyn Acknowledge,
     ) -> Result<(), HandlerFailure> {
-        let handler = self
-            .host
-            .handle(&component.prepared, &component.identity, event.clone());
+        let handler = self.host.handle(&component.instances, event);
         let Some(every) = ack.keep_alive_every() else {
             return handler.await;
         };
         tokio::pin!(handler);
         loop {
-            tokio::select! {
-                result = &mut handler => return result,
-                _ = tokio::time::sleep(every) => {
+            match crate::timeout::timeout(every, &mut handler).await {
+                Ok(result) => return result,
+                Err(_) => {
                     let _ = ack.keep_alive().await;
                 }
             }
@@ -368,7 +369,7 @@ impl Dispatcher {
         &self,
         component: &ComponentRuntime,
         channel: &BoundChannel,
-        event: Event,
+        event: &Event,
         attempts: u32,
         error: &str,
         ack: Box<dyn Acknowledge>,
@@ -383,18 +384,18 @@ impl Dispatcher {
             .and_then(|name| app.channel(name))
         else {
             tracing::error!(
-                app = %component.identity.app, component = %component.spec.id, channel = %spec.name,
-                event_id = %event.id, event = %String::from_utf8_lossy(&json::encode(&event)),
+                app = %component.app_name, component = %component.spec.id, channel = %spec.name,
+                event_id = %event.id, event = %String::from_utf8_lossy(&json::encode(event)),
                 "event dropped {}; it is logged here in full (declare `dead_letter` on the channel to keep such events)",
                 why_given_up(attempts, error)
             );
             let _ = ack.ack().await;
             return;
         };
-        let letter = dead_letter::letter(
-            &event,
+        let letter = Arc::new(dead_letter::letter(
+            event,
             &dead_letter::Cause {
-                app: &component.identity.app,
+                app: &component.app_name,
                 component: &component.spec.id,
                 channel: &spec.name,
                 link: &spec.link,
@@ -403,12 +404,12 @@ impl Dispatcher {
                 error,
                 malformed: attempts == 0,
             },
-        );
+        ));
         let mut waits = 0;
         loop {
-            let refused = match app.send(dl, &letter).await {
+            let refused = match app.send(dl, letter.clone()).await {
                 Ok(()) => {
-                    tracing::warn!(app = %component.identity.app, channel = %spec.name, event_id = %event.id, dead_letter = %dl.spec.name, "event dead-lettered {}", why_given_up(attempts, error));
+                    tracing::warn!(app = %component.app_name, channel = %spec.name, event_id = %event.id, dead_letter = %dl.spec.name, "event dead-lettered {}", why_given_up(attempts, error));
                     let _ = ack.ack().await;
                     return;
                 }
@@ -419,8 +420,8 @@ impl Dispatcher {
             // event is worse than one that waits.
             if refused.is_permanent() {
                 tracing::error!(
-                    app = %component.identity.app, component = %component.spec.id, channel = %spec.name,
-                    event_id = %event.id, event = %String::from_utf8_lossy(&json::encode(&event)),
+                    app = %component.app_name, component = %component.spec.id, channel = %spec.name,
+                    event_id = %event.id, event = %String::from_utf8_lossy(&json::encode(event)),
                     "event dropped {}: the dead-letter channel `{}` refused it ({refused}); it is logged here in full",
                     why_given_up(attempts, error), dl.spec.name
                 );
@@ -430,13 +431,13 @@ impl Dispatcher {
             waits += 1;
             let wait = spec.retry.after(attempts.max(waits));
             if ack.redelivers() {
-                tracing::error!(app = %component.identity.app, channel = %spec.name, event_id = %event.id, "cannot dead-letter to `{}` ({refused}); handing the event back to the broker, to come back in {}", dl.spec.name, humantime::format_duration(wait));
+                tracing::error!(app = %component.app_name, channel = %spec.name, event_id = %event.id, "cannot dead-letter to `{}` ({refused}); handing the event back to the broker, to come back in {}", dl.spec.name, humantime::format_duration(wait));
                 if let Err(e) = ack.nack(wait).await {
                     tracing::warn!(event_id = %event.id, channel = %spec.name, "cannot hand the event back ({e}); the broker redelivers it once its own timeout passes");
                 }
                 return;
             }
-            tracing::error!(app = %component.identity.app, channel = %spec.name, event_id = %event.id, "cannot dead-letter to `{}` ({refused}); trying again in {}", dl.spec.name, humantime::format_duration(wait));
+            tracing::error!(app = %component.app_name, channel = %spec.name, event_id = %event.id, "cannot dead-letter to `{}` ({refused}); trying again in {}", dl.spec.name, humantime::format_duration(wait));
             if !self.wait(wait, ack.as_ref()).await {
                 return self.give_back(component, channel, event, ack).await;
             }
@@ -449,7 +450,7 @@ impl Dispatcher {
         &self,
         component: &ComponentRuntime,
         channel: &BoundChannel,
-        event: Event,
+        event: &Event,
         ack: Box<dyn Acknowledge>,
     ) {
         if ack.redelivers() {
@@ -461,7 +462,7 @@ impl Dispatcher {
         self.lost(
             component,
             channel,
-            &event,
+            event,
             "the provider stopped before it was handled, and its link cannot take it back",
         );
     }
@@ -469,7 +470,7 @@ impl Dispatcher {
     /// Logs an event this process must give up, in full.
     fn lost(&self, component: &ComponentRuntime, channel: &BoundChannel, event: &Event, why: &str) {
         tracing::error!(
-            app = %component.identity.app, component = %component.spec.id, channel = %channel.spec.name,
+            app = %component.app_name, component = %component.spec.id, channel = %channel.spec.name,
             event_id = %event.id, event = %String::from_utf8_lossy(&json::encode(event)),
             "event not handled: {why}; it is logged here in full"
         );

@@ -143,6 +143,42 @@ impl From<WitEvent> for Event {
     }
 }
 
+/// An event lowered into a guest straight from the provider's [`Event`]:
+/// the WIT `event` record with every field borrowed, so that handing an
+/// event to `on-receive` (again, for a retry) copies it only into the
+/// guest's memory.
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+pub(super) struct EventRef<'a> {
+    specversion: &'a str,
+    ty: &'a str,
+    source: &'a str,
+    id: &'a str,
+    data: Option<&'a [u8]>,
+    datacontenttype: Option<&'a str>,
+    dataschema: Option<&'a str>,
+    subject: Option<&'a str>,
+    time: Option<&'a str>,
+    extensions: Option<&'a [(String, String)]>,
+}
+
+impl<'a> From<&'a Event> for EventRef<'a> {
+    fn from(e: &'a Event) -> Self {
+        EventRef {
+            specversion: &e.specversion,
+            ty: &e.ty,
+            source: &e.source,
+            id: &e.id,
+            data: e.data.as_deref(),
+            datacontenttype: e.datacontenttype.as_deref(),
+            dataschema: e.dataschema.as_deref(),
+            subject: e.subject.as_deref(),
+            time: e.time.as_deref(),
+            extensions: (!e.extensions.is_empty()).then_some(e.extensions.as_slice()),
+        }
+    }
+}
+
 impl From<Event> for WitEvent {
     fn from(e: Event) -> Self {
         WitEvent {
@@ -166,9 +202,9 @@ impl State {
     fn answer<T>(&mut self, result: Result<T, MessagingError>) -> Result<T, WitError> {
         if let Err(e) = &result
             && e.is_link_trouble()
-            && self.link_trouble.is_none()
+            && self.run.link_trouble.is_none()
         {
-            self.link_trouble = Some(e.to_string());
+            self.run.link_trouble = Some(e.to_string());
         }
         result.map_err(Into::into)
     }
@@ -178,7 +214,11 @@ impl bindings::types::Host for State {}
 
 impl bindings::publish::Host for State {
     async fn publish(&mut self, c: Channel, e: WitEvent) -> wasmtime::Result<Result<(), WitError>> {
+        let publishing = crate::stages::start();
         let result = self.messaging.publish(c, e.into()).await;
+        if let Some(since) = publishing {
+            self.run.publishing += since.elapsed();
+        }
         Ok(self.answer(result))
     }
 }

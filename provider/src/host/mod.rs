@@ -1,11 +1,14 @@
-//! The wasm host: compiles components (cached across restarts), pre-
-//! instantiates them, and runs each delivered event in a fresh instance taken
-//! from wasmtime's pooling allocator, as Spin does per request.
+//! The wasm host: compiles components (once per distinct component in the
+//! process, cached across restarts), pre-instantiates them, and runs each
+//! delivered event in an instance of its component: a warm one kept from an
+//! earlier event where the component's reuse settings allow, else a new one
+//! from wasmtime's pooling allocator (see [`instances`]).
 //!
-//! Components are kept from hurting each other: the pool has a share for
-//! every component (its `max_in_flight`), each instance has a memory limit
-//! (its component's `max_memory`), and a guest that runs long is moved to a
-//! slower CPU lane (see [`lanes`]) and stopped at the handler timeout.
+//! Components are kept from hurting each other: the pool's room is shared
+//! fairly between the components that are running (see [`budget`]), each
+//! instance has a memory limit (its component's `max_memory`), and a guest
+//! that runs long is moved to a slower CPU lane (see [`lanes`]) and stopped
+//! at the handler timeout.
 //!
 //! The guest's `pub` and `sub` calls are answered by a [`MessagingCtx`] the
 //! dispatcher supplies per component, so this layer knows nothing of brokers.
@@ -14,8 +17,10 @@
 //! its `key_value_stores` (its [`Grants`]).
 
 pub mod bindings;
+mod budget;
 mod grants;
 mod imports;
+mod instances;
 mod keyvalue;
 mod lanes;
 mod messaging;
@@ -24,18 +29,25 @@ mod stdio;
 mod variables;
 
 pub use grants::Grants;
+pub use instances::Instances;
 pub use messaging::{MessagingCtx, MessagingError};
 pub use stdio::ComponentOutput;
 
+use crate::app::InstanceReuse;
 use crate::cloudevents::Event;
+use crate::stages::{self, Stage};
+use instances::Afterwards;
+use sha2::Digest as _;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::error::Context as _;
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -61,8 +73,13 @@ pub struct HostOptions {
     /// maps its memory anew (the baseline the benchmark compares against).
     pub pooling: bool,
     /// How long one `on-receive` may run, from the moment its instance is
-    /// created, before it is stopped.
+    /// created or taken warm, before it is stopped.
     pub handler_timeout: Duration,
+    /// How many instances may be alive at once in the process (busy or
+    /// warm), shared by every component (Spin's `SPIN_MAX_INSTANCE_COUNT`).
+    pub max_instances: u32,
+    /// How components' instances are reused where their entries do not say.
+    pub reuse: InstanceReuse,
 }
 
 impl Default for HostOptions {
@@ -71,31 +88,35 @@ impl Default for HostOptions {
             cache: CacheSetting::Default,
             pooling: true,
             handler_timeout: Duration::from_secs(30),
+            max_instances: DEFAULT_MAX_INSTANCES,
+            reuse: InstanceReuse::default(),
         }
     }
 }
 
-/// What the instance pool must hold: the sum of the components' concurrency
-/// bounds, so that no component ever waits for another's instances, and the
-/// largest memory limit among them.
-#[derive(Clone, Copy, Debug)]
-pub struct PoolSize {
-    /// Instances that may exist at once.
-    pub instances: u32,
-    /// The largest linear memory an instance may grow to, in bytes.
-    pub max_memory: u64,
-}
+/// The pool's room by default: Spin's.
+pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
 
 /// The most instances one pool may hold: each reserves address space for
-/// its memories, and 2,048 of them reserve about 16 TiB of the 128 TiB a
-/// process has.
-pub const MAX_POOL_INSTANCES: u32 = 2048;
+/// its memories (two of 4 GiB and their guards), and 4,096 of them reserve
+/// about 40 TiB of the 128 TiB a process has.
+pub const MAX_POOL_INSTANCES: u32 = 4096;
+
+/// The largest linear memory any instance may have: wasm32's 4 GiB. Each
+/// component's own `max_memory` is enforced per instance, below it.
+const POOL_MAX_MEMORY: usize = 4 << 30;
+
+/// The interface a component's handler is exported in.
+const HANDLER_INTERFACE: &str = "wasi:messaging/handler@0.1.0-draft";
 
 /// The period of the epoch ticker that bounds handler run time.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Epoch ticks between two sweeps of idle instances past their timeout.
+const TICKS_PER_SWEEP: u32 = 10;
+
 /// The per-instance state: WASI, the component's messaging context and
-/// grants, its memory limit, and what the run learnt about the links.
+/// grants, its memory limit, and what the current event's run learnt.
 pub struct State {
     wasi: WasiCtx,
     table: ResourceTable,
@@ -106,9 +127,41 @@ pub struct State {
     /// Key-value stores and CAS operations open now.
     kv_handles: usize,
     memory: MemoryLimit,
-    /// The first `service-unavailable` or `connection-lost` a messaging call
-    /// of this run got.
+    /// The run of the event being handled.
+    run: Run,
+}
+
+/// What one event's run needs besides the instance.
+struct Run {
+    /// When the handler timeout ends.
+    deadline: Instant,
+    /// The handler timeout, for its error message.
+    timeout: Duration,
+    /// Its turn in the CPU lanes.
+    lane: Arc<lanes::Run>,
+    /// The first `service-unavailable` or `connection-lost` a messaging
+    /// call of this run got.
     link_trouble: Option<String>,
+    /// Time spent in `publish` calls, when stages are timed.
+    publishing: Duration,
+}
+
+impl State {
+    /// Starts the run of the next event.
+    fn begin(&mut self, deadline: Instant, lane: Arc<lanes::Run>) {
+        self.run.deadline = deadline;
+        self.run.lane = lane;
+        self.run.link_trouble = None;
+        self.run.publishing = Duration::ZERO;
+        self.outbound.deadline = deadline;
+    }
+
+    fn timed_out(&self) -> String {
+        format!(
+            "on-receive ran longer than the handler timeout of {}",
+            humantime::format_duration(self.run.timeout)
+        )
+    }
 }
 
 /// Stops an instance whose memory would grow past its component's limit,
@@ -163,8 +216,8 @@ impl WasiHttpView for State {
     }
 }
 
-/// What one instance runs as: names for its log lines, its environment and
-/// the context its messaging calls go to.
+/// What a component's instances run as: names for their log lines, their
+/// environment and the context their messaging calls go to.
 #[derive(Clone)]
 pub struct InstanceIdentity {
     /// The app's name.
@@ -204,13 +257,18 @@ pub struct HandlerFailure {
     pub link_trouble: Option<String>,
 }
 
-/// A component compiled and linked, ready to instantiate per message.
+/// A component compiled and linked, ready to instantiate; shared by every
+/// component of the process made from the same bytes.
 #[derive(Clone)]
 pub struct PreparedComponent {
     pre: bindings::ServicePre<State>,
-    /// Whether its handlers have lately run long.
-    history: Arc<lanes::History>,
+    /// Where its `on-receive` export is, found once.
+    on_receive: wasmtime::component::ComponentExportIndex,
 }
+
+/// `on-receive` as the host calls it: the event lowered from a borrow.
+type OnReceive<'a> =
+    wasmtime::component::TypedFunc<(messaging::EventRef<'a>,), (Result<(), bindings::WitError>,)>;
 
 /// The wasmtime engine and linker shared by every app in the process.
 pub struct Host {
@@ -219,13 +277,17 @@ pub struct Host {
     options: HostOptions,
     lanes: Arc<lanes::Lanes>,
     cache: Option<wasmtime::Cache>,
+    budget: Arc<budget::Budget>,
+    /// Components compiled so far, by the SHA-256 of their bytes, so that
+    /// a thousand apps of one component share its code.
+    prepared: Mutex<HashMap<[u8; 32], PreparedComponent>>,
     ticker_stop: Arc<AtomicBool>,
 }
 
 impl Host {
     /// Builds the engine: async support, epoch interruption, the pooling
-    /// allocator sized for `pool`, and the compiled-code cache.
-    pub fn new(options: HostOptions, pool: PoolSize) -> anyhow::Result<Host> {
+    /// allocator with room for `max_instances`, and the compiled-code cache.
+    pub fn new(options: HostOptions) -> anyhow::Result<Host> {
         let mut config = Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
         let cache = match &options.cache {
@@ -240,16 +302,14 @@ impl Host {
             ),
         };
         config.cache(cache.clone());
+        let n = options.max_instances;
+        anyhow::ensure!(
+            (1..=MAX_POOL_INSTANCES).contains(&n),
+            "--max-instances must be between 1 and {MAX_POOL_INSTANCES} (got {n})"
+        );
         if options.pooling {
-            anyhow::ensure!(
-                (1..=MAX_POOL_INSTANCES).contains(&pool.instances),
-                "the components may run {} instances at once (the sum of their `max_in_flight`); one process holds at most {MAX_POOL_INSTANCES}: lower `max_in_flight`, or run the apps in several processes",
-                pool.instances
-            );
-            let n = pool.instances;
-            let mut config_pool = PoolingAllocationConfig::new();
-            config_pool
-                .total_component_instances(n)
+            let mut pool = PoolingAllocationConfig::new();
+            pool.total_component_instances(n)
                 .total_core_instances(n * 16)
                 .total_memories(n * 2)
                 .total_tables(n * 8)
@@ -257,8 +317,15 @@ impl Host {
                 .max_core_instances_per_component(32)
                 .max_memories_per_component(4)
                 .max_tables_per_component(16)
-                .max_memory_size(usize::try_from(pool.max_memory).unwrap_or(usize::MAX));
-            config.allocation_strategy(InstanceAllocationStrategy::Pooling(config_pool));
+                .max_memory_size(POOL_MAX_MEMORY)
+                // A slot that a fresh instance of the same component takes
+                // next is reset with memset where the pages were touched
+                // (found with PAGEMAP_SCAN where the kernel has it), not
+                // unmapped and faulted in again: Spin's figures.
+                .linear_memory_keep_resident(2 << 20)
+                .table_keep_resident(1 << 19)
+                .pagemap_scan(Enabled::Auto);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
@@ -267,16 +334,22 @@ impl Host {
         messaging::add_to_linker(&mut linker)?;
         add_platform_to_linker(&mut linker)?;
 
+        let budget = budget::Budget::new(n as usize);
         let ticker_stop = Arc::new(AtomicBool::new(false));
-        let (weak, stop) = (engine.weak(), ticker_stop.clone());
+        let (weak, stop, sweep) = (engine.weak(), ticker_stop.clone(), budget.clone());
         std::thread::Builder::new()
             .name("epoch-ticker".into())
             .spawn(move || {
+                let mut ticks = 0u32;
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
                     match weak.upgrade() {
                         Some(engine) => engine.increment_epoch(),
                         None => break,
+                    }
+                    ticks = ticks.wrapping_add(1);
+                    if ticks.is_multiple_of(TICKS_PER_SWEEP) {
+                        sweep.expire_idle();
                     }
                 }
             })?;
@@ -286,14 +359,27 @@ impl Host {
             options,
             lanes: lanes::Lanes::new(),
             cache,
+            budget,
+            prepared: Mutex::default(),
             ticker_stop,
         })
     }
 
     /// Compiles (or loads from the cache) and pre-instantiates a component;
-    /// fails when it does not fit the `service` world.
+    /// fails when it does not fit the `service` world. A component whose
+    /// bytes were prepared before is not compiled again.
     pub fn prepare(&self, path: &Path) -> anyhow::Result<PreparedComponent> {
-        let component = Component::from_file(&self.engine, path)
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot load the component {}", path.display()))?;
+        let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+        let known = |prepared: &Mutex<HashMap<_, PreparedComponent>>| {
+            let map = prepared.lock().unwrap_or_else(|e| e.into_inner());
+            map.get(&digest).cloned()
+        };
+        if let Some(prepared) = known(&self.prepared) {
+            return Ok(prepared);
+        }
+        let component = Component::new(&self.engine, &bytes)
             .with_context(|| format!("cannot load the component {}", path.display()))?;
         let pre = match self.linker.instantiate_pre(&component) {
             Ok(pre) => pre,
@@ -307,32 +393,173 @@ impl Host {
                 });
             }
         };
-        let pre = bindings::ServicePre::new(pre).with_context(|| {
-            format!(
-                "{} does not export wasi:messaging/handler@0.1.0-draft",
-                path.display()
-            )
-        })?;
-        Ok(PreparedComponent {
-            pre,
-            history: Arc::default(),
+        let pre = bindings::ServicePre::new(pre)
+            .with_context(|| format!("{} does not export {HANDLER_INTERFACE}", path.display()))?;
+        let on_receive = component
+            .get_export_index(None, HANDLER_INTERFACE)
+            .and_then(|handler| component.get_export_index(Some(&handler), "on-receive"))
+            .with_context(|| format!("{} does not export {HANDLER_INTERFACE}", path.display()))?;
+        let prepared = PreparedComponent { pre, on_receive };
+        let mut map = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(map.entry(digest).or_insert(prepared).clone())
+    }
+
+    /// The instances of one component of an app: `who` it runs as, reused
+    /// as `reuse` says (its entry's settings over the provider's).
+    pub fn instances(
+        &self,
+        component: &PreparedComponent,
+        who: InstanceIdentity,
+        reuse: InstanceReuse,
+    ) -> Arc<Instances> {
+        Instances::new(component.clone(), who, reuse, &self.budget)
+    }
+
+    /// How components' instances are reused where their entries do not say.
+    pub fn reuse(&self) -> InstanceReuse {
+        self.options.reuse
+    }
+
+    /// Instances alive in the process now, busy or warm.
+    pub fn live_instances(&self) -> usize {
+        self.budget.live()
+    }
+
+    /// Runs `on-receive` for one event in a warm instance of the component,
+    /// or a new one, within the handler timeout (counted from the moment
+    /// the instance is taken or its creation begins).
+    pub async fn handle(&self, instances: &Instances, event: &Event) -> Result<(), HandlerFailure> {
+        let taking = stages::start();
+        let warm = instances.take();
+        if warm.is_some() {
+            stages::record(Stage::Reuse, taking);
+        }
+        let slot = match warm {
+            Some(_) => None,
+            None => Some(instances.budget.acquire(instances.holder).await),
+        };
+        let timeout = self.options.handler_timeout;
+        let deadline = Instant::now() + timeout;
+        let lane = self.lanes.enter(&instances.history);
+        let run = async {
+            let mut warm = match (warm, slot) {
+                (Some(warm), _) => warm,
+                (None, slot) => {
+                    let creating = stages::start();
+                    let mut store = self.store(instances, deadline, lane.clone());
+                    let on_receive = match Self::instantiate(instances, &mut store).await {
+                        Ok(func) => func,
+                        Err(e) => return Err((e, store.into_data().run.link_trouble)),
+                    };
+                    stages::record(Stage::Instantiate, creating);
+                    // `slot` is `Some` whenever no warm instance was taken.
+                    let slot = slot.ok_or_else(|| {
+                        (
+                            wasmtime::format_err!("no room was taken for a new instance"),
+                            None,
+                        )
+                    })?;
+                    instances.created(store, on_receive, slot)
+                }
+            };
+            warm.uses += 1;
+            warm.store.data_mut().begin(deadline, lane.clone());
+            warm.store
+                .set_epoch_deadline(if lane.starts_long() { 0 } else { 1 });
+            // SAFETY: `instantiate` checked this function's type as
+            // `OnReceive<'static>`; the lifetime of the borrowed event is
+            // not part of its component type.
+            let on_receive = unsafe { OnReceive::new_unchecked(warm.on_receive) };
+            let calling = stages::start();
+            let result = on_receive
+                .call_async(&mut warm.store, (messaging::EventRef::from(event),))
+                .await
+                .map(|(result,)| result);
+            if let Some(calling) = calling {
+                let publishing = warm.store.data().run.publishing;
+                stages::add(
+                    Stage::Call,
+                    calling.elapsed().saturating_sub(publishing).as_nanos() as u64,
+                );
+            }
+            Ok((warm, result))
+        };
+        // A guest waiting in a host call (a sleep, a slow broker) is stopped
+        // here; one computing, by the epoch callback.
+        let result = crate::timeout::timeout(timeout, run).await;
+        lane.finish();
+        let (error, link_trouble) = match result {
+            Ok(Ok((warm, Ok(Ok(()))))) => {
+                instances.put_back(warm, Afterwards::Succeeded);
+                return Ok(());
+            }
+            Ok(Ok((warm, Ok(Err(e))))) => {
+                let trouble = warm.store.data().run.link_trouble.clone();
+                instances.put_back(warm, Afterwards::ReturnedError);
+                (
+                    format!("on-receive returned an error: {}", MessagingError::from(e)),
+                    trouble,
+                )
+            }
+            // A trap leaves the instance unusable: it is dropped here.
+            Ok(Ok((warm, Err(trap)))) => (
+                self.trapped(instances, &trap),
+                warm.store.into_data().run.link_trouble,
+            ),
+            Ok(Err((trap, trouble))) => (self.trapped(instances, &trap), trouble),
+            Err(_) => (
+                format!(
+                    "on-receive ran longer than the handler timeout of {}",
+                    humantime::format_duration(timeout)
+                ),
+                None,
+            ),
+        };
+        Err(HandlerFailure {
+            error,
+            link_trouble,
         })
     }
 
-    /// Runs `on-receive` for one event in a fresh instance, within the
-    /// handler timeout (counted from the instance's creation).
-    pub async fn handle(
+    /// Instantiates the component in `store` and finds its `on-receive`,
+    /// checking its type once for all the events the instance takes.
+    async fn instantiate(
+        instances: &Instances,
+        store: &mut Store<State>,
+    ) -> wasmtime::Result<wasmtime::component::Func> {
+        let component = &instances.component;
+        let instance = component
+            .pre
+            .instance_pre()
+            .instantiate_async(&mut *store)
+            .await?;
+        let func = instance
+            .get_func(&mut *store, component.on_receive)
+            .ok_or_else(|| wasmtime::format_err!("the component has no on-receive export"))?;
+        func.typed::<(messaging::EventRef<'static>,), (Result<(), bindings::WitError>,)>(&*store)?;
+        Ok(func)
+    }
+
+    fn trapped(&self, instances: &Instances, trap: &wasmtime::Error) -> String {
+        let who = &instances.identity;
+        tracing::debug!(app = %who.app, component = %who.component, "on-receive trapped: {trap:?}");
+        format!("on-receive trapped: {}", trap.root_cause())
+    }
+
+    /// A store for a new instance of the component: its WASI context,
+    /// grants and limits, and the epoch callback that stops it at the
+    /// handler timeout and moves it to the long lane when it runs long.
+    fn store(
         &self,
-        component: &PreparedComponent,
-        who: &InstanceIdentity,
-        event: Event,
-    ) -> Result<(), HandlerFailure> {
+        instances: &Instances,
+        deadline: Instant,
+        lane: Arc<lanes::Run>,
+    ) -> Store<State> {
+        let who = &instances.identity;
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdio::LogStream::new(&who.output, "stdout"))
             .stderr(stdio::LogStream::new(&who.output, "stderr"))
             .envs(&who.environment);
-        let timeout = self.options.handler_timeout;
-        let deadline = Instant::now() + timeout;
         let state = State {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -347,57 +574,33 @@ impl Host {
             memory: MemoryLimit {
                 max: who.max_memory,
             },
-            link_trouble: None,
+            run: Run {
+                deadline,
+                timeout: self.options.handler_timeout,
+                lane: lane.clone(),
+                link_trouble: None,
+                publishing: Duration::ZERO,
+            },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);
-        let timed_out = move || {
-            format!(
-                "on-receive ran longer than the handler timeout of {}",
-                humantime::format_duration(timeout)
-            )
-        };
-        let run = self.lanes.enter(&component.history);
-        let on_tick = run.clone();
         // A run that starts in the long lane waits for its turn before it
         // runs at all.
-        store.set_epoch_deadline(if run.starts_long() { 0 } else { 1 });
+        store.set_epoch_deadline(if lane.starts_long() { 0 } else { 1 });
         // Runs at every epoch tick while the guest executes: a guest that
         // computes past the deadline is stopped here, and one that has run a
         // while waits for the long lane's turn.
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                wasmtime::bail!(timed_out());
+        store.epoch_deadline_callback(|cx| {
+            let state = cx.data();
+            if Instant::now() >= state.run.deadline {
+                wasmtime::bail!(state.timed_out());
             }
-            Ok(match on_tick.tick() {
+            Ok(match state.run.lane.tick() {
                 None => UpdateDeadline::Yield(1),
                 Some(turn) => UpdateDeadline::YieldCustom(1, Box::pin(turn)),
             })
         });
-        let call = async {
-            let instance = component.pre.instantiate_async(&mut store).await?;
-            instance
-                .wasi_messaging_handler()
-                .call_on_receive(&mut store, &event.into())
-                .await
-        };
-        // A guest waiting in a host call (a sleep, a slow broker) is stopped
-        // here.
-        let result = tokio::time::timeout(timeout, call).await;
-        run.finish();
-        let error = match result {
-            Ok(Ok(Ok(()))) => return Ok(()),
-            Ok(Ok(Err(e))) => format!("on-receive returned an error: {}", MessagingError::from(e)),
-            Ok(Err(trap)) => {
-                tracing::debug!(app = %who.app, component = %who.component, "on-receive trapped: {trap:?}");
-                format!("on-receive trapped: {}", trap.root_cause())
-            }
-            Err(_) => timed_out(),
-        };
-        Err(HandlerFailure {
-            error,
-            link_trouble: store.into_data().link_trouble,
-        })
+        store
     }
 
     /// How many components were loaded from the compiled-code cache rather

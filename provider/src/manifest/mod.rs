@@ -11,5 +11,5 @@ mod variables;
 pub use crate::config::{ConfigError, ConfigErrors, KeyPath, TomlSource};
 pub use locked::{LockedAppLocation, load_locked_app, load_locked_app_with_links};
 pub use runtime_config::RuntimeConfig;
-pub use spin::{Links, load_app, load_app_with_links};
+pub use spin::{IDLE_TIMEOUT_RANGE, Links, REUSE_COUNT_RANGE, load_app, load_app_with_links};
 pub use variables::Variables;

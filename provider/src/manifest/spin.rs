@@ -7,19 +7,25 @@
 use super::variables::{VariableDecl, Variables};
 use super::{ConfigError, ConfigErrors, KeyPath, TomlSource};
 use crate::app::{
-    AllowedHosts, App, Channel, ChannelKind, ComponentSpec, ComponentVariables, RetryPolicy,
-    defaults, variable_name_problem,
+    AllowedHosts, App, Channel, ChannelKind, ComponentSpec, ComponentVariables, Pick, RetryPolicy,
+    ReuseSettings, defaults, variable_name_problem,
 };
 use crate::broker::{ChannelNames, Invalid, MAX_PAYLOAD_LIMIT, names, show_duration};
 
-/// The range of `max_in_flight` (the provider's instance pool, the sum over
-/// every component, holds at most 2,048).
+/// The range of `max_in_flight`: how many handlers of one component run at
+/// once (the instance pool is shared fairly beyond that, see `host`).
 const MAX_IN_FLIGHT: usize = 1024;
 /// The range of `max_attempts`.
 const MAX_ATTEMPTS: u32 = 1000;
 /// The range of `retry_delay` and `max_retry_delay`.
 const MIN_RETRY_DELAY: Duration = Duration::from_millis(10);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+/// The range of `max_instance_reuse_count` (and of its flag).
+pub const REUSE_COUNT_RANGE: std::ops::RangeInclusive<u32> = 1..=1_000_000;
+/// The range of `idle_instance_timeout` (and of its flag); 0 keeps no
+/// instance warm.
+pub const IDLE_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::ZERO..=Duration::from_secs(3600);
 /// The range of `max_memory`: wasm32 memories end at 4 GiB.
 const MIN_MEMORY: u64 = 1 << 20;
 const MAX_MEMORY: u64 = 4 << 30;
@@ -113,6 +119,9 @@ struct RawTrigger {
     subscribe: Vec<String>,
     max_in_flight: Option<usize>,
     max_memory: Option<bytesize::ByteSize>,
+    max_instance_reuse_count: Option<toml::Value>,
+    idle_instance_timeout: Option<toml::Value>,
+    reuse_instance_after_error: Option<bool>,
 }
 
 /// What an app loader is told about the runtime config's links: which
@@ -323,7 +332,21 @@ pub(crate) fn build_app(
                 ),
             ));
         }
+        let reuse = ReuseSettings {
+            max_uses: t.max_instance_reuse_count.as_ref().and_then(|v| {
+                reuse_setting(v, Pick::parse_count, REUSE_COUNT_RANGE, "1 to 1000000")
+                    .map_err(|e| errors.push(src.error(&at.key("max_instance_reuse_count"), e)))
+                    .ok()
+            }),
+            idle_timeout: t.idle_instance_timeout.as_ref().and_then(|v| {
+                reuse_setting(v, Pick::parse_duration, IDLE_TIMEOUT_RANGE, "0s to 1h")
+                    .map_err(|e| errors.push(src.error(&at.key("idle_instance_timeout"), e)))
+                    .ok()
+            }),
+            after_error: t.reuse_instance_after_error,
+        };
         components.push(ComponentSpec {
+            reuse,
             id,
             source: found.source,
             subscriptions: t.subscriptions,
@@ -582,4 +605,31 @@ fn component_source(
         )),
     }
     None
+}
+
+/// Reads an instance reuse setting given as a number (a count, or seconds)
+/// or a string in the syntax of Spin's flag (`128`, `64..256`, `500ms`,
+/// `1s..5s`), and checks it against `range`.
+fn reuse_setting<T: Copy + PartialOrd + std::fmt::Debug>(
+    value: &toml::Value,
+    parse: fn(&str) -> Result<Pick<T>, String>,
+    range: std::ops::RangeInclusive<T>,
+    range_text: &str,
+) -> Result<Pick<T>, String> {
+    let text = match value {
+        toml::Value::Integer(n) => n.to_string(),
+        toml::Value::String(s) => s.clone(),
+        other => {
+            return Err(format!(
+                "expected a number or a string such as \"1..8\" or \"500ms\", got {}",
+                other.type_str()
+            ));
+        }
+    };
+    let pick = parse(&text)?;
+    if pick.within(range) {
+        Ok(pick)
+    } else {
+        Err(format!("`{text}` is out of range ({range_text})"))
+    }
 }

@@ -1,0 +1,282 @@
+//! Guest languages: the same relay in Rust, Python (componentize-py) and
+//! JavaScript (componentize-js), on the embedded broker in process, with
+//! the provider's default instance handling, with a fresh instance for
+//! every event (`max_instance_reuse_count = 1`), and with instances mapped
+//! anew instead of taken from the pooling allocator (the comparison the old
+//! `dispatch` bench made).
+
+use super::{RelayApp, quiet_output, unknown_key};
+use crate::flow::{Flow, Pace};
+use crate::links::{Names, embedded};
+use crate::measure::{Guest, Spread, own_cpu, run_id};
+use crate::options::Options;
+use crate::report::{Report, Table, number, spread, spread_json};
+use anyhow::Context as _;
+use messaging_provider::host::HostOptions;
+use messaging_provider::{Provider, ProviderOptions};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The guests, in table order.
+const GUESTS: [Guest; 3] = [Guest::Rust, Guest::Python, Guest::JavaScript];
+
+/// A way of running the guests.
+struct Variant {
+    /// Its name in the tables.
+    name: &'static str,
+    /// Lines it adds to the component's `[[trigger.messaging]]` entry.
+    trigger_lines: &'static str,
+    /// Whether instances come from the pooling allocator.
+    pooling: bool,
+}
+
+/// The variants, in table order.
+const VARIANTS: [Variant; 3] = [
+    Variant {
+        name: "default",
+        trigger_lines: "",
+        pooling: true,
+    },
+    Variant {
+        name: "fresh instance per event",
+        trigger_lines: "max_instance_reuse_count = 1\n",
+        pooling: true,
+    },
+    Variant {
+        name: "pooling allocator off",
+        trigger_lines: "",
+        pooling: false,
+    },
+];
+
+/// One run: events per second and CPU per event.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+struct Measured {
+    rate: f64,
+    cpu_us_per_event: f64,
+    lost: usize,
+}
+
+/// A variant's runs, or why it could not run.
+type Runs = Result<Vec<Measured>, String>;
+
+/// Runs the section.
+pub async fn run(options: &Options, report: &mut Report) -> anyhow::Result<()> {
+    let events = if options.quick {
+        options.events.min(200)
+    } else {
+        options.events.min(5_000)
+    };
+    let mut results: Vec<(Guest, Vec<Runs>)> = Vec::new();
+    for guest in GUESTS {
+        let wasm = guest.built()?;
+        let mut variants = Vec::new();
+        for variant in &VARIANTS {
+            let mut runs = Vec::new();
+            let mut outcome = Ok(());
+            for run in 0..options.runs {
+                eprintln!(
+                    "languages: {} ({}) run {}/{}",
+                    guest.name(),
+                    variant.name,
+                    run + 1,
+                    options.runs
+                );
+                match one_run(options, &wasm, variant, events).await {
+                    Ok(measured) => runs.push(measured),
+                    Err(e) if unknown_key(&e) => {
+                        outcome = Err(format!(
+                            "n/a: this provider does not know `{}` (its load error: {})",
+                            variant.trigger_lines.trim(),
+                            first_line(&e)
+                        ));
+                        break;
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!("the {} relay ({})", guest.name(), variant.name)
+                        });
+                    }
+                }
+            }
+            variants.push(outcome.map(|()| runs));
+        }
+        results.push((guest, variants));
+    }
+    let (tables, figures) = render(events, &results);
+    report.section("languages", &tables, figures)
+}
+
+/// What a load error says about the unknown key, without the temporary
+/// file's path and the list of known keys.
+fn first_line(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("unknown field"))
+        .unwrap_or_default();
+    let from_key = line.find('`').map_or(line, |at| &line[at..]);
+    from_key
+        .split(", expected")
+        .next()
+        .unwrap_or(from_key)
+        .trim()
+        .to_string()
+}
+
+/// One flood through the guest's relay.
+async fn one_run(
+    options: &Options,
+    wasm: &std::path::Path,
+    variant: &Variant,
+    events: usize,
+) -> anyhow::Result<Measured> {
+    let run = run_id();
+    let names = Names::new(&run);
+    let dir = tempfile::tempdir()?;
+    let manifest = RelayApp {
+        name: "bench-relay",
+        names: &names,
+        wasm,
+        input_is_queue: true,
+        trigger_lines: variant.trigger_lines,
+    }
+    .write(dir.path())?;
+    let provider = Provider::load(ProviderOptions {
+        manifests: vec![manifest],
+        output: quiet_output(),
+        host: HostOptions {
+            pooling: variant.pooling,
+            ..HostOptions::default()
+        },
+        ..Default::default()
+    })
+    .await?;
+    provider.start().await?;
+    let app = provider
+        .app("bench-relay")
+        .context("the relay app is not loaded")?
+        .clone();
+    let mut flow = Flow::new(options.idle_limit());
+    flow.add_sink(embedded::watch(&app, "shipments").await?);
+    let producer = Arc::new(embedded::AppProducer {
+        app,
+        channel: "orders".into(),
+    });
+    let cpu = own_cpu();
+    let flood = flow
+        .phase(vec![producer], &format!("{run}.f."), events, Pace::Flood)
+        .await;
+    let cpu = own_cpu().saturating_sub(cpu);
+    provider.shutdown(Duration::from_secs(5)).await;
+    Ok(Measured {
+        rate: flood.rate(),
+        cpu_us_per_event: cpu.as_secs_f64() * 1e6 / flood.sent.max(1) as f64,
+        lost: flood.lost(),
+    })
+}
+
+/// The section's table and JSON.
+fn render(events: usize, results: &[(Guest, Vec<Runs>)]) -> (Vec<Table>, Value) {
+    let mut table = Table::new(
+        &format!(
+            "Guest languages: the relay on the embedded broker, in process, {} events",
+            number(events as f64, 0)
+        ),
+        &[
+            "guest",
+            "msg/s",
+            "CPU µs/event",
+            "msg/s vs Rust",
+            "CPU vs Rust",
+            "msg/s, fresh instance per event",
+            "CPU µs/event, fresh instance per event",
+            "msg/s, pooling off",
+            "CPU µs/event, pooling off",
+            "lost",
+        ],
+    );
+    let rate = |runs: &Runs| {
+        runs.as_ref()
+            .ok()
+            .and_then(|r| Spread::of(r.iter().map(|m| m.rate)))
+    };
+    let cpu = |runs: &Runs| {
+        runs.as_ref()
+            .ok()
+            .and_then(|r| Spread::of(r.iter().map(|m| m.cpu_us_per_event)))
+    };
+    let cell = |runs: &Runs, value: Option<Spread>, decimals| match runs {
+        Err(why) => why.split(':').next().unwrap_or("n/a").to_string(),
+        Ok(_) => spread(value, decimals),
+    };
+    let rust = &results[0].1[0];
+    let (rust_rate, rust_cpu) = (rate(rust).map(|s| s.median), cpu(rust).map(|s| s.median));
+    let mut figures = Vec::new();
+    let mut notes = Vec::new();
+    for (guest, variants) in results {
+        let (default, fresh, unpooled) = (&variants[0], &variants[1], &variants[2]);
+        let ratio = |x: Option<Spread>, base: Option<f64>| match (x, base) {
+            (Some(x), Some(b)) if b > 0.0 => format!("{:.2}", x.median / b),
+            _ => "n/a".into(),
+        };
+        let lost: usize = variants
+            .iter()
+            .filter_map(|v| v.as_ref().ok())
+            .flatten()
+            .map(|m| m.lost)
+            .sum();
+        table.row(vec![
+            guest.name().into(),
+            cell(default, rate(default), 0),
+            cell(default, cpu(default), 1),
+            ratio(rate(default), rust_rate),
+            ratio(cpu(default), rust_cpu),
+            cell(fresh, rate(fresh), 0),
+            cell(fresh, cpu(fresh), 1),
+            cell(unpooled, rate(unpooled), 0),
+            cell(unpooled, cpu(unpooled), 1),
+            lost.to_string(),
+        ]);
+        for (variant, runs) in VARIANTS.iter().zip(variants) {
+            if let Err(why) = runs {
+                let note = format!("- {}: {why}", variant.name);
+                if !notes.contains(&note) {
+                    notes.push(note);
+                }
+            }
+        }
+        figures.push(json!({
+            "guest": guest.name(),
+            "default": runs_json(default),
+            "fresh_instance_per_event": runs_json(fresh),
+            "pooling_off": runs_json(unpooled),
+            "summary": {
+                "rate": spread_json(rate(default)),
+                "cpu_us_per_event": spread_json(cpu(default)),
+                "fresh_rate": spread_json(rate(fresh)),
+                "fresh_cpu_us_per_event": spread_json(cpu(fresh)),
+                "unpooled_rate": spread_json(rate(unpooled)),
+                "unpooled_cpu_us_per_event": spread_json(cpu(unpooled)),
+            },
+        }));
+    }
+    table.note(
+        "Ratios are of the medians. CPU is the suite's whole process (getrusage), producer and sink included. \
+         \"Fresh instance per event\" sets `max_instance_reuse_count = 1` on the component; \
+         \"pooling off\" maps each instance's memory anew (`--disable-pooling`).",
+    );
+    if !notes.is_empty() {
+        table.note(notes.join("\n"));
+    }
+    (vec![table], Value::Array(figures))
+}
+
+/// A variant's runs as JSON, or why it could not run.
+fn runs_json(runs: &Runs) -> Value {
+    match runs {
+        Ok(runs) => json!(runs),
+        Err(why) => json!({ "error": why }),
+    }
+}
