@@ -16,11 +16,12 @@
 //! |---|---|
 //! | `--quick` | small N, one run, short phases: every section exercised |
 //! | `--links embedded,nats,jetstream,mqtt,redis-pubsub,redis-streams,amqp` | the rows of the relay section (default: all) |
-//! | `--sections relay,languages,startup,many-apps,flat,soak` | the sections to run (default: all) |
+//! | `--sections relay,languages,startup,many-apps,flat,soak,baseline` | the sections to run (default: all; `baseline` only with `--baseline-bin`) |
 //! | `--runs K` | runs per figure (default 3, quick 1); figures are `median (min–max)` |
 //! | `--events N` | events per relay run (default 20,000, quick 500) |
 //! | `--provider-bin PATH` | the `trigger-messaging` measured out of process (default: this build's) |
 //! | `--provider-arg ARG` | passed through to `trigger-messaging up` (repeatable) |
+//! | `--baseline-bin PATH` | an earlier `trigger-messaging` for the `baseline` section to compare with |
 //! | `--soak SECONDS` | length of the soak (default 600, quick 10) |
 //! | `--json FILE` | where the JSON goes (default `target/bench/results.json`) |
 //!
@@ -36,6 +37,12 @@
 //! client and settings (the bench binary re-executed as
 //! `suite native-relay <link> ...`), both fed by a producer and read by a
 //! sink in this process.
+
+/// The allocator `trigger-messaging` runs with, so that the relays measured
+/// in this process (the embedded broker's, native and provider) run as the
+/// binary's do.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The suite's modules, in `benches/suite/`.
 mod suite {
@@ -75,12 +82,28 @@ fn main() -> std::process::ExitCode {
 /// The hidden mode the suite runs its native baselines in: one relay, until SIGTERM.
 fn native_relay(args: &[String]) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
-    runtime.block_on(links::run_native_relay(args))
+    let args = args.to_vec();
+    on_a_worker(
+        &runtime,
+        async move { links::run_native_relay(&args).await },
+    )
 }
 
 /// Parses the options, runs the chosen sections, prints the tables and writes the JSON.
 fn run_suite(args: Vec<String>) -> anyhow::Result<()> {
     let options = options::Options::parse(args)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
-    runtime.block_on(sections::run(&options))
+    on_a_worker(&runtime, async move { sections::run(&options).await })
+}
+
+/// Runs `work` as a task on the runtime's worker threads rather than on the
+/// thread that blocks on it, so that the producers, sinks and relays it
+/// drives wake each other without crossing to that thread.
+fn on_a_worker(
+    runtime: &tokio::runtime::Runtime,
+    work: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+) -> anyhow::Result<()> {
+    runtime
+        .block_on(runtime.spawn(work))
+        .context("the suite's main task panicked")?
 }

@@ -326,6 +326,7 @@ pub fn main() -> ExitCode {
         Cli::parse().command
     };
     init_logging();
+    raise_open_file_limit();
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     let result = runtime.block_on(async {
         match command {
@@ -340,6 +341,28 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("Error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one, as Go's runtime
+/// does: every component keeps its two log files open and every link a
+/// socket, so a thousand apps need more than the usual soft limit (1,024).
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        let wanted = limit.rlim_max;
+        limit.rlim_cur = wanted;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            tracing::debug!("cannot raise the open-file limit to {wanted}");
         }
     }
 }

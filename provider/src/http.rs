@@ -101,12 +101,13 @@ impl Default for EndpointOptions {
     }
 }
 
-/// What every request sees: the apps, whether the provider is stopping, and
-/// the endpoint's bounds.
+/// What every request sees: the apps, whether the provider is stopping or
+/// the endpoint closing, and the endpoint's bounds.
 #[derive(Clone)]
 struct Shared {
     apps: Arc<BTreeMap<String, Arc<AppRuntime>>>,
     stopping: CancellationToken,
+    closing: CancellationToken,
     watchers: Arc<Semaphore>,
     options: Arc<EndpointOptions>,
 }
@@ -118,6 +119,7 @@ pub fn router(provider: &Provider) -> Router {
     router_with(
         provider,
         CancellationToken::new(),
+        CancellationToken::new(),
         EndpointOptions::default(),
     )
 }
@@ -125,11 +127,13 @@ pub fn router(provider: &Provider) -> Router {
 fn router_with(
     provider: &Provider,
     stopping: CancellationToken,
+    closing: CancellationToken,
     options: EndpointOptions,
 ) -> Router {
     let shared = Shared {
         apps: Arc::new(provider.apps().clone()),
         stopping,
+        closing,
         watchers: Arc::new(Semaphore::new(options.max_watchers)),
         options: Arc::new(options),
     };
@@ -152,9 +156,13 @@ fn router_with(
 /// The endpoint serving on its own thread.
 pub struct Endpoint {
     stopping: CancellationToken,
-    close: Option<tokio::sync::oneshot::Sender<()>>,
+    closing: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// How long a closing endpoint waits for its connections to write out what
+/// they hold (the last events of open watches) before cutting them.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 impl Endpoint {
     /// Serves the provider's apps on `listener` from a thread of its own,
@@ -170,34 +178,27 @@ impl Endpoint {
         options: EndpointOptions,
     ) -> anyhow::Result<Endpoint> {
         listener.set_nonblocking(true)?;
-        let stopping = CancellationToken::new();
-        let router = router_with(provider, stopping.clone(), options.clone());
+        let (stopping, closing) = (CancellationToken::new(), CancellationToken::new());
+        let router = router_with(provider, stopping.clone(), closing.clone(), options.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (close, closed) = tokio::sync::oneshot::channel::<()>();
+        let closed = closing.clone();
         let thread = std::thread::Builder::new()
             .name("http-endpoint".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let serve = async {
-                        let listener = tokio::net::TcpListener::from_std(listener)?;
-                        serve(listener, router, &options).await;
-                        Ok::<_, std::io::Error>(())
-                    };
-                    tokio::select! {
-                        served = serve => if let Err(e) = served {
-                            tracing::error!("the HTTP endpoint stopped: {e}");
-                        },
-                        _ = closed => {}
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => serve(listener, router, &options, closed).await,
+                        Err(e) => tracing::error!("the HTTP endpoint stopped: {e}"),
                     }
                 });
-                // Open watches end with the runtime.
+                // Connections that did not finish within the grace end here.
                 runtime.shutdown_timeout(Duration::from_millis(100));
             })?;
         Ok(Endpoint {
             stopping,
-            close: Some(close),
+            closing,
             thread: Some(thread),
         })
     }
@@ -210,12 +211,11 @@ impl Endpoint {
 }
 
 impl Drop for Endpoint {
-    /// Stops serving and ends open watches.
+    /// Stops serving and ends open watches once they have written out the
+    /// events already published to them (up to [`CLOSE_GRACE`]).
     fn drop(&mut self) {
         self.stopping.cancel();
-        if let Some(close) = self.close.take() {
-            let _ = close.send(());
-        }
+        self.closing.cancel();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -224,9 +224,36 @@ impl Drop for Endpoint {
 
 /// Accepts connections, at most `max_connections` at a time, and serves
 /// each with hyper's HTTP/1 server (for its header read timeout), over TLS
-/// when configured.
-async fn serve(listener: tokio::net::TcpListener, router: Router, options: &EndpointOptions) {
-    let connections = Arc::new(Semaphore::new(options.max_connections.max(1)));
+/// when configured. When `closing`, stops accepting, lets each connection
+/// finish the response under way, and returns once all have ended or
+/// [`CLOSE_GRACE`] has passed.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    options: &EndpointOptions,
+    closing: CancellationToken,
+) {
+    let max_connections = options.max_connections.max(1);
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let accepting = async {
+        accept(&listener, router, options, &connections, &closing).await;
+    };
+    tokio::select! {
+        () = accepting => {}
+        () = closing.cancelled() => {}
+    }
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(CLOSE_GRACE, connections.acquire_many(all)).await;
+}
+
+/// Serves connections as they come, until the endpoint closes.
+async fn accept(
+    listener: &tokio::net::TcpListener,
+    router: Router,
+    options: &EndpointOptions,
+    connections: &Arc<Semaphore>,
+    closing: &CancellationToken,
+) {
     let tls = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
@@ -251,7 +278,7 @@ async fn serve(listener: tokio::net::TcpListener, router: Router, options: &Endp
         let service = hyper_util::service::TowerToHyperService::new(
             tower_http::add_extension::AddExtension::new(router.clone(), closer),
         );
-        let (http, tls) = (http.clone(), tls.clone());
+        let (http, tls, closing) = (http.clone(), tls.clone(), closing.clone());
         tokio::spawn(async move {
             let _permit = permit;
             // Dropping the connection when asked closes it, however stuck
@@ -259,19 +286,15 @@ async fn serve(listener: tokio::net::TcpListener, router: Router, options: &Endp
             let served = match tls {
                 None => {
                     let io = hyper_util::rt::TokioIo::new(stream);
-                    tokio::select! {
-                        served = http.serve_connection(io, service) => served,
-                        _ = close.cancelled() => Ok(()),
-                    }
+                    let connection = http.serve_connection(io, service);
+                    until_closed!(connection, close, closing)
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             let io = hyper_util::rt::TokioIo::new(stream);
-                            tokio::select! {
-                                served = http.serve_connection(io, service) => served,
-                                _ = close.cancelled() => Ok(()),
-                            }
+                            let connection = http.serve_connection(io, service);
+                            until_closed!(connection, close, closing)
                         }
                         Ok(Err(e)) => {
                             tracing::debug!("TLS handshake with {peer} failed: {e}");
@@ -290,6 +313,27 @@ async fn serve(listener: tokio::net::TcpListener, router: Router, options: &Endp
         });
     }
 }
+
+/// Serves a hyper connection until it ends; cut at once when `close` fires
+/// (a watcher that fell behind), shut down gracefully when `closing` does:
+/// the response under way is finished, then the connection closes.
+macro_rules! until_closed {
+    ($connection:ident, $close:ident, $closing:ident) => {{
+        let mut connection = std::pin::pin!($connection);
+        tokio::select! {
+            served = connection.as_mut() => served,
+            _ = $close.cancelled() => Ok(()),
+            _ = $closing.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    served = connection.as_mut() => served,
+                    _ = $close.cancelled() => Ok(()),
+                }
+            }
+        }
+    }};
+}
+use until_closed;
 
 /// Closes the connection a request came on: how a watcher that fell
 /// behind is cut off even when it stopped reading.
@@ -543,10 +587,11 @@ async fn publish(
     let event = cloudevents::http::decode(&parts.headers, &body).map_err(|e| {
         ApiError(StatusCode::BAD_REQUEST, e, "unsupported-message-format").into_response()
     })?;
-    app.publish_external(&channel, &event)
+    let id = event.id.clone();
+    app.publish_external(&channel, event)
         .await
         .map_err(|e| ApiError::from(e).into_response())?;
-    let body = serde_json::json!({ "app": app.app.name, "channel": channel, "id": event.id });
+    let body = serde_json::json!({ "app": app.app.name, "channel": channel, "id": id });
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
@@ -573,6 +618,7 @@ async fn watch(
         sender,
         queued: Arc::new(AtomicUsize::new(0)),
         closer: closer.map(|Extension(closer)| closer),
+        closing: shared.closing.clone(),
     };
     let queued = watch.queued.clone();
     tokio::spawn(watch.pump(subscription));
@@ -601,23 +647,27 @@ struct Watch {
     /// Bytes in the backlog.
     queued: Arc<AtomicUsize>,
     closer: Option<ConnectionCloser>,
+    /// The endpoint is closing: the watch ends once nothing more is ready.
+    closing: CancellationToken,
 }
 
 impl Watch {
     /// Takes every event the subscription delivers at once, so that the
     /// channel's publishers never wait for a watcher; a watcher past the
-    /// backlog's bounds is disconnected. Ends when the watcher leaves.
+    /// backlog's bounds is disconnected. Ends when the watcher leaves, or
+    /// when the endpoint closes once every delivery ready has been passed on.
     async fn pump(self, mut subscription: Box<dyn crate::broker::Subscription>) {
         loop {
             let delivery = tokio::select! {
+                biased;
                 _ = self.sender.closed() => return,
                 delivery = subscription.next() => match delivery {
                     Some(delivery) => delivery,
                     None => return,
                 },
+                _ = self.closing.cancelled() => return,
             };
-            let (event, _, ack) = delivery.into_parts();
-            let _ = ack.ack().await;
+            let (event, _) = delivery.ack_and_take().await;
             let (sse, size) = sse_event(&event);
             let behind = self.queued.fetch_add(size, Ordering::Relaxed);
             let room = behind == 0 || behind + size <= WATCH_BACKLOG_BYTES;

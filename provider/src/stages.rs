@@ -68,6 +68,11 @@ pub fn enable() {
     ENABLED.store(true, Ordering::Relaxed);
 }
 
+/// Stops timing the stages.
+pub fn disable() {
+    ENABLED.store(false, Ordering::Relaxed);
+}
+
 /// Whether stages are timed.
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)

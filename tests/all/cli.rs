@@ -403,3 +403,40 @@ fn up_serves_https_and_the_cli_publishes_over_it() {
     up.terminate();
     assert_eq!(up.wait_exit(Duration::from_secs(15)), 0);
 }
+
+#[test]
+fn up_loads_more_apps_than_the_soft_open_file_limit_holds() {
+    // Each app keeps two log files open: 60 apps need more than a soft
+    // limit of 64 allows, so `up` must raise it to the hard limit.
+    let apps: Vec<AppDir> = (0..60)
+        .map(|i| probe_app(&format!("many{i}"), "", ""))
+        .collect();
+    let paths: Vec<String> = apps
+        .iter()
+        .map(|a| a.manifest.display().to_string())
+        .collect();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut command = Command::new("bash");
+    command
+        .args(["-c", r#"ulimit -Sn 64 && exec "$@""#, "bash"])
+        .arg(env!("CARGO_BIN_EXE_trigger-messaging"))
+        .args(["up", "--listen", &listen]);
+    for path in &paths {
+        command.args(["-f", path]);
+    }
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut running = Running::adopt(command.spawn().unwrap());
+    running.wait_for("stdout", "Ready");
+    assert!(
+        !running.all().contains("Too many open files"),
+        "{}",
+        running.all()
+    );
+    running.terminate();
+    assert_eq!(
+        running.wait_exit(Duration::from_secs(30)),
+        0,
+        "{}",
+        running.all()
+    );
+}

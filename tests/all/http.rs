@@ -306,7 +306,7 @@ async fn ids_with_line_breaks_or_control_characters_never_end_a_watch() {
         // As the provider's own publishing path takes it...
         let id = format!("broker-{n}{bad}tail");
         if runtime
-            .publish_external("results", &event(&id, "t"))
+            .publish_external("results", event(&id, "t"))
             .await
             .is_ok()
         {
@@ -632,7 +632,7 @@ async fn a_watcher_that_stops_reading_is_cut_off_and_holds_up_no_one() {
     for n in 0..3000 {
         e.id = format!("flood-{n}");
         runtime
-            .publish_external("feed", &e)
+            .publish_external("feed", e.clone())
             .await
             .unwrap_or_else(|err| panic!("publish {n} held up by the stalled watcher: {err}"));
     }

@@ -175,7 +175,7 @@ pub async fn served_while_away(
     when: &str,
 ) {
     let err = app
-        .publish_external("feed", &event(when, "t"))
+        .publish_external("feed", event(when, "t"))
         .await
         .unwrap_err();
     assert!(
@@ -208,7 +208,7 @@ async fn recovers(app: &messaging_provider::dispatch::AppRuntime, results: &mut 
             "the link did not recover"
         );
         let id = format!("after-{attempt}");
-        if app.publish_external("feed", &event(&id, "t")).await.is_ok()
+        if app.publish_external("feed", event(&id, "t")).await.is_ok()
             && let Ok(Some(d)) =
                 tokio::time::timeout(Duration::from_millis(500), results.0.next()).await
         {

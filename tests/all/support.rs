@@ -269,8 +269,8 @@ impl Watch {
             .await
             .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
             .expect("the subscription ended");
-        let (event, _, ack) = delivery.into_parts();
-        ack.ack().await.unwrap();
+        let (event, acked) = delivery.ack_and_take().await;
+        acked.unwrap();
         event
     }
 
@@ -319,7 +319,7 @@ pub async fn send(provider: &Provider, app: &str, channel: &str, event: Event) {
     provider
         .app(app)
         .unwrap()
-        .publish_external(channel, &event)
+        .publish_external(channel, event)
         .await
         .unwrap_or_else(|e| panic!("publish to {app}/{channel} failed: {e}"));
 }

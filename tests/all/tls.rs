@@ -91,7 +91,7 @@ async fn round_trip(settings: &str) {
     let mut results = watch(&provider, "linkapp", "results").await;
     let app = provider.app("linkapp").unwrap().clone();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    app.publish_external("feed", &event("over-tls", "t"))
+    app.publish_external("feed", event("over-tls", "t"))
         .await
         .unwrap();
     results.next_with_id("over-tls").await;

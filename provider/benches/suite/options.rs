@@ -22,17 +22,20 @@ pub enum Section {
     Flat,
     /// Resident memory of a provider relaying on JetStream for a while.
     Soak,
+    /// This build against an earlier one (`--baseline-bin`), out of process.
+    Baseline,
 }
 
 impl Section {
     /// Every section, in running order.
-    pub const ALL: [Section; 6] = [
+    pub const ALL: [Section; 7] = [
         Section::Relay,
         Section::Languages,
         Section::Startup,
         Section::ManyApps,
         Section::Flat,
         Section::Soak,
+        Section::Baseline,
     ];
 
     /// The name `--sections` takes.
@@ -44,6 +47,7 @@ impl Section {
             Section::ManyApps => "many-apps",
             Section::Flat => "flat",
             Section::Soak => "soak",
+            Section::Baseline => "baseline",
         }
     }
 
@@ -78,6 +82,8 @@ pub struct Options {
     pub provider_bin: PathBuf,
     /// Extra arguments for `trigger-messaging up`.
     pub provider_args: Vec<String>,
+    /// An earlier `trigger-messaging` to compare this build with.
+    pub baseline_bin: Option<PathBuf>,
     /// Length of the soak.
     pub soak: Duration,
     /// Where the JSON results go.
@@ -101,6 +107,7 @@ impl Options {
         let mut events = None;
         let mut provider_bin = None;
         let mut provider_args = Vec::new();
+        let mut baseline_bin = None;
         let mut soak = None;
         let mut json = None;
         let mut args = args.into_iter();
@@ -144,6 +151,7 @@ impl Options {
                 "--events" => events = Some(count("--events", &value()?)?),
                 "--provider-bin" => provider_bin = Some(PathBuf::from(value()?)),
                 "--provider-arg" => provider_args.push(value()?),
+                "--baseline-bin" => baseline_bin = Some(PathBuf::from(value()?)),
                 "--soak" => {
                     soak = Some(Duration::from_secs(
                         count("--soak", &value()?)?.try_into().unwrap_or(u64::MAX),
@@ -154,7 +162,7 @@ impl Options {
                 "--nocapture" | "--show-output" | "--test-threads" => {}
                 other => bail!(
                     "unknown argument `{other}`; options: --quick, --links, --sections, --runs, \
-                     --events, --provider-bin, --provider-arg, --soak, --json (see the top of benches/suite.rs)"
+                     --events, --provider-bin, --provider-arg, --baseline-bin, --soak, --json (see the top of benches/suite.rs)"
                 ),
             }
         }
@@ -172,6 +180,7 @@ impl Options {
             provider_bin: provider_bin
                 .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_trigger-messaging"))),
             provider_args,
+            baseline_bin,
             soak: soak.unwrap_or(Duration::from_secs(if quick { 10 } else { 600 })),
             json: json.unwrap_or_else(|| crate::measure::repo().join("target/bench/results.json")),
             command_line,

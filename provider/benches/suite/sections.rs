@@ -3,6 +3,8 @@
 //! process or in process, and one side of a relay measured through a flood
 //! and a half-load phase.
 
+/// This build against an earlier one.
+pub mod baseline;
 /// Throughput with many apps in one process.
 pub mod flat;
 /// The relay in Rust, Python and JavaScript.
@@ -40,6 +42,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
             Section::ManyApps => many_apps::run(options, &mut report).await,
             Section::Flat => flat::run(options, &mut report).await,
             Section::Soak => soak::run(options, &mut report).await,
+            Section::Baseline => baseline::run(options, &mut report).await,
         }
         .with_context(|| format!("section `{}`", section.name()))?;
         eprintln!(

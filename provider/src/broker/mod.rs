@@ -245,6 +245,13 @@ impl Delivery {
         (Arc::unwrap_or_clone(self.event), self.attempt, self.ack)
     }
 
+    /// Acknowledges the delivery and takes its event, without a copy where
+    /// the link kept a share of it for a redelivery (watchers, sinks).
+    pub async fn ack_and_take(self) -> (Event, Result<(), BrokerError>) {
+        let acked = self.ack.ack().await;
+        (Arc::unwrap_or_clone(self.event), acked)
+    }
+
     /// Splits the delivery, keeping the event shared.
     pub fn into_shared_parts(self) -> (Arc<Event>, u32, Box<dyn Acknowledge>) {
         (self.event, self.attempt, self.ack)

@@ -282,10 +282,9 @@ impl AppRuntime {
     pub async fn publish_external(
         &self,
         channel: &str,
-        event: &Event,
+        event: impl Into<Arc<Event>>,
     ) -> Result<(), MessagingError> {
-        self.send(self.named(channel)?, Arc::new(event.clone()))
-            .await
+        self.send(self.named(channel)?, event.into()).await
     }
 
     /// Watches a channel: every event published on it from now on, without

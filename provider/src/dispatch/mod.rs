@@ -116,6 +116,9 @@ impl Dispatcher {
         mut sub: Box<dyn Subscription>,
         stop: CancellationToken,
     ) {
+        /// Deliveries a pump takes before it lets others run.
+        const TURN: u32 = 8;
+        let mut taken: u32 = 0;
         loop {
             let permit = tokio::select! {
                 biased;
@@ -135,8 +138,13 @@ impl Dispatcher {
                 return;
             };
             self.spawn_handler(&component, &channel, delivery, permit);
-            // Let competing consumers in this process take their turn.
-            tokio::task::yield_now().await;
+            // Competing consumers in this process take turns every few
+            // deliveries (a yield per delivery cost a third of the embedded
+            // relay's throughput).
+            taken = taken.wrapping_add(1);
+            if taken.is_multiple_of(TURN) {
+                tokio::task::yield_now().await;
+            }
         }
         self.settle_leftovers(&component, &channel, sub).await;
     }
@@ -176,7 +184,7 @@ impl Dispatcher {
             };
             let Some(delivery) = delivery else { break };
             if delivery.redelivers() {
-                let (event, _, ack) = delivery.into_parts();
+                let (event, _, ack) = delivery.into_shared_parts();
                 if let Err(e) = ack.nack(Duration::ZERO).await {
                     tracing::warn!(event_id = %event.id, channel = %channel.spec.name, "cannot hand an event back ({e}); the broker redelivers it once its own timeout passes");
                 }

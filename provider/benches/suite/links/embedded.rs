@@ -26,7 +26,7 @@ pub struct AppProducer {
 impl Producer for AppProducer {
     async fn send(&self, event: Event) -> anyhow::Result<Confirm> {
         self.app
-            .publish_external(&self.channel, &event)
+            .publish_external(&self.channel, event)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(confirmed())
@@ -43,8 +43,8 @@ impl Sink for SubscriptionSink {
         let Some(delivery) = self.0.next().await else {
             return Ok(None);
         };
-        let (event, _, ack) = delivery.into_parts();
-        ack.ack().await?;
+        let (event, acked) = delivery.ack_and_take().await;
+        acked?;
         Ok(Some(event))
     }
 }

@@ -55,20 +55,31 @@ pub async fn run(options: &Options, report: &mut Report) -> anyhow::Result<()> {
             );
         }
         eprintln!("relay: {} stage times", link.name());
-        row.stages = Some(stage_run(options, link, &wasm).await);
+        let rates: Vec<f64> = row.provider.iter().map(|side| side.rate).collect();
+        let half = crate::measure::Spread::of(rates).map_or(0.0, |s| s.median / 2.0);
+        row.stages = Some(stage_run(options, link, &wasm, half).await);
         rows.push((link, row));
     }
     let (tables, figures) = render(options, &rows);
     report.section("relay", &tables, figures)
 }
 
-/// One provider run of `link`; with `stage_file`, stage timing is on and
-/// the provider writes its totals there when it stops.
+/// How a stage run is made: paced at `rate` (half the provider's
+/// saturation, so that the stages show their own cost rather than queueing
+/// behind each other), its totals written to `file` by a provider out of
+/// process, or read from `messaging_provider::stages` in this one.
+struct StageRun<'a> {
+    rate: f64,
+    file: Option<&'a std::path::Path>,
+}
+
+/// One provider run of `link`: the flood and the half-load phase, or with
+/// `stages` the stage run alone.
 async fn provider_side(
     options: &Options,
     link: Link,
     wasm: &std::path::Path,
-    stage_file: Option<&std::path::Path>,
+    stages: Option<StageRun<'_>>,
 ) -> anyhow::Result<Side> {
     let run = run_id();
     let names = Names::new(&run);
@@ -93,7 +104,16 @@ async fn provider_side(
             app,
             channel: "orders".into(),
         });
-        let side = measure_side(options, &mut flow, producer, &run, Meter::InProcess).await;
+        let side = match &stages {
+            Some(timed) => {
+                messaging_provider::stages::reset();
+                messaging_provider::stages::enable();
+                let side = stage_phase(options, &mut flow, producer, &run, timed.rate).await;
+                messaging_provider::stages::disable();
+                side
+            }
+            None => measure_side(options, &mut flow, producer, &run, Meter::InProcess).await,
+        };
         provider.shutdown(Duration::from_secs(5)).await;
         return Ok(side);
     }
@@ -101,32 +121,20 @@ async fn provider_side(
     link.prepare(&names).await?;
     let measured = async {
         flow.add_sink(link.sink(&names).await?);
-        let env: Vec<(&str, String)> = stage_file
+        let env: Vec<(&str, String)> = stages
+            .as_ref()
+            .and_then(|timed| timed.file)
             .map(|f| ("TRIGGER_MESSAGING_STAGE_TIMES", f.display().to_string()))
             .into_iter()
             .collect();
         let mut process = spawn_provider(options, &[manifest], config.as_deref(), &[], &env)?;
         process.ready(READY_LIMIT).await?;
         let producer = link.producer(&names).await?;
-        let side = if stage_file.is_some() {
-            let flood = flow
-                .phase(
-                    vec![producer],
-                    &format!("{run}.f."),
-                    options.events,
-                    Pace::Flood,
-                )
-                .await;
-            Side {
-                rate: flood.rate(),
-                sent: flood.sent,
-                lost: flood.lost(),
-                duplicates: flood.duplicates,
-                problem: super::describe_problem(&flood),
-                ..Side::default()
+        let side = match &stages {
+            Some(timed) => stage_phase(options, &mut flow, producer, &run, timed.rate).await,
+            None => {
+                measure_side(options, &mut flow, producer, &run, Meter::Process(&process)).await
             }
-        } else {
-            measure_side(options, &mut flow, producer, &run, Meter::Process(&process)).await
         };
         process.stop(STOP_LIMIT).await?;
         anyhow::Ok(side)
@@ -174,20 +182,30 @@ async fn native_side(options: &Options, link: Link) -> anyhow::Result<Side> {
 
 /// The stage run: out of process through `TRIGGER_MESSAGING_STAGE_TIMES`,
 /// in process through `messaging_provider::stages`.
-async fn stage_run(options: &Options, link: Link, wasm: &std::path::Path) -> Result<Value, String> {
+async fn stage_run(
+    options: &Options,
+    link: Link,
+    wasm: &std::path::Path,
+    rate: f64,
+) -> Result<Value, String> {
+    if rate <= 0.0 {
+        return Err("no provider run relayed anything to pace the stage run by".into());
+    }
     if link == Link::Embedded {
-        use messaging_provider::stages;
-        stages::reset();
-        stages::enable();
-        let side = provider_side(options, link, wasm, None)
+        let timed = StageRun { rate, file: None };
+        let side = provider_side(options, link, wasm, Some(timed))
             .await
             .map_err(|e| format!("{e:#}"))?;
         warn_about(link, &side);
-        return Ok(stages::snapshot());
+        return Ok(messaging_provider::stages::snapshot());
     }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let file = dir.path().join("stages.json");
-    let side = provider_side(options, link, wasm, Some(&file))
+    let timed = StageRun {
+        rate,
+        file: Some(&file),
+    };
+    let side = provider_side(options, link, wasm, Some(timed))
         .await
         .map_err(|e| format!("{e:#}"))?;
     warn_about(link, &side);
@@ -196,6 +214,33 @@ async fn stage_run(options: &Options, link: Link, wasm: &std::path::Path) -> Res
             .to_string()
     })?;
     serde_json::from_str(&text).map_err(|e| format!("the stage file is not JSON: {e}"))
+}
+
+/// The stage run's one phase: paced at `rate` for the half-load time.
+async fn stage_phase(
+    options: &Options,
+    flow: &mut Flow,
+    producer: std::sync::Arc<dyn crate::flow::Producer>,
+    run: &str,
+    rate: f64,
+) -> Side {
+    let count = ((rate * options.half_load_time().as_secs_f64()) as usize).max(20);
+    let phase = flow
+        .phase(
+            vec![producer],
+            &format!("{run}.t."),
+            count,
+            Pace::Rate(rate),
+        )
+        .await;
+    Side {
+        rate: phase.rate(),
+        sent: phase.sent,
+        lost: phase.lost(),
+        duplicates: phase.duplicates,
+        problem: super::describe_problem(&phase),
+        ..Side::default()
+    }
 }
 
 /// Reports on stderr what went wrong in a stage run (its figures are not
@@ -251,7 +296,7 @@ fn render(options: &Options, rows: &[(Link, Row)]) -> (Vec<Table>, Value) {
         ],
     );
     let mut stages = Table::new(
-        "Where the provider's time goes: µs per event in each stage (times counted), one flood with stage timing on",
+        "Where the provider's time goes: µs per event in each stage (times counted), one run at half the provider's saturation rate with stage timing on",
         &[
             "link",
             "decode",
@@ -388,10 +433,13 @@ fn render(options: &Options, rows: &[(Link, Row)]) -> (Vec<Table>, Value) {
     );
     stages.note(
         "Each cell: total nanoseconds / times counted, in µs, and the count. \
-         publish is the broker's round trip; instantiate a new instance, reuse a warm one. \
-         Out of process the provider writes its totals to `TRIGGER_MESSAGING_STAGE_TIMES` when it stops; \
-         in process (embedded) timing is switched on with `messaging_provider::stages::enable` and stays on \
-         for the rest of the suite (two clock reads per stage).",
+         decode: a broker message to an event; instantiate: a new instance; reuse: taking a warm one; \
+         call: the guest's on-receive less its publishes; encode: the event to the broker's wire; \
+         publish: a publish on the link, encode included, until the broker confirmed it; settle: the ack. \
+         Wall-clock times, at half the provider's saturation rate so that they show each stage's own cost \
+         rather than queueing. Out of process the provider writes its totals to \
+         `TRIGGER_MESSAGING_STAGE_TIMES` when it stops; in process (embedded) timing is on for that run only \
+         (`messaging_provider::stages`).",
     );
     if !problems.is_empty() {
         throughput.note(format!("Problems:\n{}", problems.join("\n")));
