@@ -284,15 +284,7 @@ pub async fn measure_side(
     };
     if side.rate > 0.0 {
         let rate = side.rate / 2.0;
-        let count = ((rate * options.half_load_time().as_secs_f64()) as usize).max(20);
-        let half = flow
-            .phase(
-                vec![producer],
-                &format!("{run}.h."),
-                count,
-                Pace::Rate(rate),
-            )
-            .await;
+        let half = paced_phase(options, flow, producer, &format!("{run}.h."), rate).await;
         side.half_load_rate = rate;
         side.half_load_p50_ms = half.latency_ms(0.5);
         side.half_load_p99_ms = half.latency_ms(0.99);
@@ -336,4 +328,17 @@ pub fn describe_problem(phase: &Phase) -> Option<String> {
 /// not know (a variant measured before the provider had it).
 pub fn unknown_key(error: &anyhow::Error) -> bool {
     format!("{error:#}").contains("unknown field")
+}
+
+/// A phase paced at `rate` for the half-load time (at least 20 events).
+pub async fn paced_phase(
+    options: &Options,
+    flow: &mut Flow,
+    producer: Arc<dyn Producer>,
+    prefix: &str,
+    rate: f64,
+) -> Phase {
+    let count = ((rate * options.half_load_time().as_secs_f64()) as usize).max(20);
+    flow.phase(vec![producer], prefix, count, Pace::Rate(rate))
+        .await
 }

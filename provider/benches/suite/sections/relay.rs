@@ -6,7 +6,7 @@ use super::{
     Meter, READY_LIMIT, RelayApp, STOP_LIMIT, Side, in_process_provider, measure_side,
     spawn_native, spawn_provider, write_runtime_config,
 };
-use crate::flow::{Flow, Pace};
+use crate::flow::Flow;
 use crate::links::{Link, Names, embedded};
 use crate::measure::{Guest, Spread, run_id};
 use crate::options::Options;
@@ -224,15 +224,7 @@ async fn stage_phase(
     run: &str,
     rate: f64,
 ) -> Side {
-    let count = ((rate * options.half_load_time().as_secs_f64()) as usize).max(20);
-    let phase = flow
-        .phase(
-            vec![producer],
-            &format!("{run}.t."),
-            count,
-            Pace::Rate(rate),
-        )
-        .await;
+    let phase = super::paced_phase(options, flow, producer, &format!("{run}.t."), rate).await;
     Side {
         rate: phase.rate(),
         sent: phase.sent,
