@@ -23,10 +23,17 @@ ensure Redis 6379 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379
   --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
 ensure RabbitMQ 5672 rabbitmq-server -detached
 ensure Mosquitto 1883 mosquitto -d -c /etc/mosquitto/mosquitto.conf
+# Kafka: tansu, a Kafka-protocol broker from the crate registry (no Apache
+# Kafka build can be fetched here), in memory; installed once (~10 min).
+command -v tansu >/dev/null || cargo install tansu --locked --features dynostore,libsql
+ensure Kafka 9092 start-stop-daemon --start --background --exec "$(command -v tansu)" -- \
+  broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
+  --storage-engine memory://tansu/
 
 rustup target add wasm32-wasip2
 # Clients that are not ours, for the interoperation and hostile-input tests.
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore nats-py pika redis paho-mqtt cloudevents
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore nats-py pika redis paho-mqtt cloudevents requests confluent-kafka kafka-python
+(cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 # The Python and JavaScript guests' toolchains (the tests build those samples).
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore componentize-py==0.25.1
 (cd sample-apps/counter-js && npm ci --no-audit --no-fund --loglevel=error)

@@ -16,7 +16,7 @@
 use arbitrary::{Result as ArbResult, Unstructured};
 use messaging_provider::cloudevents::inbound::{self, MALFORMED_TYPE, Received};
 use messaging_provider::cloudevents::{
-    ContentMode, Event, JSON_FORMAT, amqp, http as ce_http, json, mqtt, nats, redis,
+    ContentMode, Event, JSON_FORMAT, amqp, http as ce_http, json, kafka, mqtt, nats, redis,
 };
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -41,6 +41,9 @@ pub enum Binding {
     RedisStream,
     /// Redis pub/sub, a payload only (`json::decode_or_wrap`).
     RedisPubSub,
+    /// Kafka record headers, key and value (`kafka::decode`): an entry
+    /// named `key` is the record key; no body is a record without a value.
+    Kafka,
 }
 
 impl Binding {
@@ -198,6 +201,20 @@ fn decode(
             }
             redis::decode_fields(&fields, origin)
         }
+        Binding::Kafka => {
+            let key = message
+                .entries
+                .iter()
+                .find(|(k, _)| k == b"key")
+                .map(|(_, v)| v.as_slice());
+            let headers: Vec<(&[u8], Option<&[u8]>)> = message
+                .entries
+                .iter()
+                .filter(|(k, _)| k != b"key")
+                .map(|(k, v)| (k.as_slice(), Some(v.as_slice())))
+                .collect();
+            kafka::decode(&headers, key, message.body.as_deref(), origin)
+        }
     };
     (decoded, text_entries, content_type)
 }
@@ -284,6 +301,26 @@ fn round_trips(binding: Binding, event: &Event) -> Vec<(&'static str, bool, Resu
             out.push(("http binary", true, ce_http::decode(&headers, &body)));
             let (headers, body) = ce_http::encode_structured(event);
             out.push(("http structured", false, ce_http::decode(&headers, &body)));
+        }
+        Binding::Kafka => {
+            for (name, mode) in [
+                ("kafka binary", ContentMode::Binary),
+                ("kafka structured", ContentMode::Structured),
+            ] {
+                let record = kafka::encode(event, mode);
+                let headers: Vec<(&[u8], Option<&[u8]>)> = record
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_bytes(), Some(v.as_slice())))
+                    .collect();
+                let back = kafka::decode(
+                    &headers,
+                    record.key.as_deref(),
+                    record.value.as_deref(),
+                    origin,
+                );
+                out.push((name, false, back));
+            }
         }
         Binding::RedisStream => {
             let fields = redis::encode_fields(event);

@@ -635,8 +635,16 @@ async fn watch(
             Some((Ok::<_, Infallible>(event), (backlog, queued, slot)))
         },
     );
-    Ok(Sse::new(futures::StreamExt::chain(opened, events))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    let mut response = Sse::new(futures::StreamExt::chain(opened, events))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response();
+    // Labelled: clients that follow HTTP's old default (`requests`) would
+    // read an unlabelled text stream as ISO-8859-1.
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    Ok(response)
 }
 
 /// One watch's feed: events go from the subscription into a bounded

@@ -429,3 +429,6 @@ conformance!(amqp_structured, "type = \"amqp\"\ncontent_mode = \"structured\"\n"
 conformance!(mqtt, "type = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\n", at_least_once: false, durable_queues: false);
 conformance!(mqtt_structured, "type = \"mqtt\"\ncontent_mode = \"structured\"\n", at_least_once: false, durable_queues: false);
 conformance!(mqtt_3_1_1, "type = \"mqtt\"\nversion = \"3.1.1\"\n", at_least_once: false, durable_queues: false);
+// tansu (the Kafka-protocol broker the tests run) has one node: one replica.
+conformance!(kafka, "type = \"kafka\"\nbrokers = [\"127.0.0.1:9092\"]\nreplication_factor = 1\n", at_least_once: true, durable_queues: true);
+conformance!(kafka_structured, "type = \"kafka\"\ncontent_mode = \"structured\"\nreplication_factor = 1\n", at_least_once: true, durable_queues: true);

@@ -406,6 +406,7 @@ delivery_rules!(on_redis_pubsub, "type = \"redis\"\n", inbox: "topic", keeps_que
 delivery_rules!(on_amqp, "type = \"amqp\"\n", inbox: "queue", keeps_queues: true);
 delivery_rules!(on_mqtt, "type = \"mqtt\"\n", inbox: "queue", keeps_queues: false);
 delivery_rules!(on_mqtt_3_1_1, "type = \"mqtt\"\nversion = \"3.1.1\"\n", inbox: "queue", keeps_queues: false);
+delivery_rules!(on_kafka, "type = \"kafka\"\nreplication_factor = 1\n", inbox: "queue", keeps_queues: true);
 
 /// Attempts are the broker's count, so they survive the provider: an event
 /// that failed once under one provider fails twice more under the next and
@@ -466,6 +467,11 @@ broker_counted_attempts!(
 broker_counted_attempts!(
     attempts_survive_a_restart_of_the_provider_on_amqp,
     "type = \"amqp\"\n"
+);
+// Kafka keeps no delivery count: the attempt travels in the retry record.
+broker_counted_attempts!(
+    attempts_survive_a_restart_of_the_provider_on_kafka,
+    "type = \"kafka\"\nreplication_factor = 1\n"
 );
 
 /// How the dead-letter link's server is away.

@@ -1,5 +1,6 @@
-//! Fault tests on the durable queues (JetStream, Redis streams, RabbitMQ),
-//! with real provider processes and the test's own brokers:
+//! Fault tests on the durable queues (JetStream, Redis streams, RabbitMQ;
+//! Kafka: SIGTERM under load only, see `kafka_sigterm_…`), with real
+//! provider processes and the test's own brokers:
 //!
 //! - events through a queue from an app's first start while the broker is
 //!   restarted (stopped as an operator stops it, SIGTERM: a broker killed
@@ -383,4 +384,15 @@ async fn redis_streams_sigterm_under_load_loses_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rabbitmq_sigterm_under_load_loses_and_duplicates_nothing() {
     sigterm_under_load_loses_and_duplicates_nothing("rabbitmq", "type = \"amqp\"\n").await;
+}
+
+/// On tansu, the Kafka-protocol broker available here. The kill-and-restart
+/// test is not run on it: tansu's group coordinator does not drop a member
+/// that died (SIGKILL) from its group, so a restarted provider is never
+/// given the partitions (seen: nothing within 50 s), where Kafka gives them
+/// after `session_timeout`.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_sigterm_under_load_loses_and_duplicates_nothing() {
+    let settings = "type = \"kafka\"\nreplication_factor = 1\n";
+    sigterm_under_load_loses_and_duplicates_nothing("kafka", settings).await;
 }

@@ -188,7 +188,10 @@ async fn get_streams_the_channel_as_server_sent_events() {
         .await
         .unwrap();
     assert_eq!(stream.status(), 200);
-    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    assert_eq!(
+        stream.headers()["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
     let first = tokio::time::timeout(Duration::from_secs(5), stream.chunk())
         .await
         .unwrap()

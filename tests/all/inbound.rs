@@ -179,28 +179,39 @@ async fn a_malformed_message_without_a_dead_letter_channel_is_logged_whole() {
     up.wait_exit(Duration::from_secs(10));
 }
 
-/// The CloudEvents Python SDK, current and legacy API, binary and
-/// structured mode: non-ASCII attributes (raw UTF-8 or percent-encoded in
-/// headers) come back exactly through the HTTP endpoint.
+/// The CloudEvents SDKs with their defaults, as their documentation shows
+/// them: Python's (current and legacy API, binary and structured mode,
+/// posted and followed with `requests`) and JavaScript's (its own HTTP
+/// emitter, both modes). Non-ASCII text in every string attribute and
+/// extension, percent-encoded, raw UTF-8 or raw ISO-8859-1 as each sends it,
+/// comes back exactly: 20 of 20.
 #[test]
-fn the_cloudevents_python_sdk_round_trips_non_ascii_attributes() {
+fn the_cloudevents_sdks_defaults_round_trip_through_the_endpoint() {
     let app = probe_app(
         "sdk",
         r#"notes = { kind = "topic" }"#,
         r#"publish = ["results"]"#,
     );
     let (mut provider, url) = up(&[&app.manifest], &[]);
-    let out = interop("ce_sdk.py", &["round-trip", &url, "sdk", "notes"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["events"], 4, "{report}");
+    for script in ["ce_sdk.py", "ce_sdk.cjs"] {
+        let args: &[&str] = match script {
+            "ce_sdk.py" => &["round-trip", &url, "sdk", "notes", "20"],
+            _ => &[&url, "sdk", "notes", "20"],
+        };
+        let out = interop(script, args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{script}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (report["sent"].as_u64(), report["events"].as_u64()),
+            (Some(20), Some(20)),
+            "{script}: {report}"
+        );
+    }
     provider.terminate();
     provider.wait_exit(Duration::from_secs(10));
 }

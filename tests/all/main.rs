@@ -15,6 +15,7 @@ mod http;
 mod inbound;
 mod instances;
 mod isolation;
+mod kafka;
 mod keyvalue;
 mod links;
 mod located;

@@ -331,13 +331,13 @@ pub fn runtime_config_errors(text: &str) -> (tempfile::NamedTempFile, Vec<Config
 
 #[test]
 fn runtime_config_mistakes_are_located() {
-    let (f, errors) = runtime_config_errors("[messaging_link.a]\ntype = \"kafka\"\n");
+    let (f, errors) = runtime_config_errors("[messaging_link.a]\ntype = \"pulsar\"\n");
     assert_error(
         &errors,
         f.path(),
         "messaging_link.a.type",
         2,
-        "unknown link type `kafka`; known types: amqp, embedded, mqtt, nats, redis",
+        "unknown link type `pulsar`; known types: amqp, embedded, kafka, mqtt, nats, redis",
     );
     let (f, errors) = runtime_config_errors(
         "[messaging_link.a]\ntype = \"embedded\"\ncapacity = 10\nspeed = 3\n",

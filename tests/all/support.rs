@@ -505,7 +505,12 @@ pub fn up(manifests: &[&Path], extra: &[&str]) -> (Running, String) {
 
 /// One of the foreign clients in `tests/interop/`, run with python3.
 pub fn interop(script: &str, args: &[&str]) -> Command {
-    let mut c = Command::new("python3");
+    let runtime = if script.ends_with(".cjs") {
+        "node"
+    } else {
+        "python3"
+    };
+    let mut c = Command::new(runtime);
     c.arg(repo().join("tests/interop").join(script)).args(args);
     c
 }

@@ -11,6 +11,8 @@ pub mod amqp;
 pub mod embedded;
 /// NATS JetStream.
 pub mod jetstream;
+/// Kafka (tansu here).
+pub mod kafka;
 /// MQTT 5.
 pub mod mqtt;
 /// Core NATS.
@@ -49,11 +51,29 @@ pub enum Link {
     RedisStreams,
     /// RabbitMQ: a durable queue in, the `messaging` exchange out, with confirms.
     Amqp,
+    /// Kafka: a topic read by a consumer group in, a topic out, acks = all.
+    Kafka,
 }
 
 impl Link {
     /// Every row, in table order.
-    pub const ALL: [Link; 7] = [
+    pub const ALL: [Link; 8] = [
+        Link::Embedded,
+        Link::Nats,
+        Link::JetStream,
+        Link::Mqtt,
+        Link::RedisPubSub,
+        Link::RedisStreams,
+        Link::Amqp,
+        Link::Kafka,
+    ];
+
+    /// The rows a run has unless `--links` names others: every row but
+    /// Kafka's. With a Kafka row, the suite's own process (its producer and
+    /// sink are librdkafka clients) was twice seen to crash (SIGSEGV) later
+    /// in the run; the provider and the native relays never did. Until
+    /// that is understood, `--links …,kafka` asks for the row.
+    pub const DEFAULT: [Link; 7] = [
         Link::Embedded,
         Link::Nats,
         Link::JetStream,
@@ -73,6 +93,7 @@ impl Link {
             Link::RedisPubSub => "redis-pubsub",
             Link::RedisStreams => "redis-streams",
             Link::Amqp => "amqp",
+            Link::Kafka => "kafka",
         }
     }
 
@@ -115,6 +136,9 @@ impl Link {
             Link::Amqp => {
                 "[messaging_link.default]\ntype = \"amqp\"\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n"
             }
+            Link::Kafka => {
+                "[messaging_link.default]\ntype = \"kafka\"\nbrokers = [\"127.0.0.1:9092\"]\nreplication_factor = 1\n"
+            }
         })
     }
 
@@ -128,6 +152,7 @@ impl Link {
             Link::RedisPubSub => redis::pubsub_producer(names).await,
             Link::RedisStreams => redis::stream_producer(names).await,
             Link::Amqp => amqp::producer(names).await,
+            Link::Kafka => kafka::producer(names).await,
         }
     }
 
@@ -139,6 +164,7 @@ impl Link {
             Link::Mqtt => mqtt::sink(names).await,
             Link::RedisPubSub | Link::RedisStreams => redis::sink(names).await,
             Link::Amqp => amqp::sink(names).await,
+            Link::Kafka => kafka::sink(names).await,
         }
     }
 
@@ -149,6 +175,7 @@ impl Link {
         match self {
             Link::JetStream => jetstream::prepare(names).await,
             Link::Amqp => amqp::prepare(names).await,
+            Link::Kafka => kafka::prepare(names).await,
             _ => Ok(()),
         }
     }
@@ -159,6 +186,7 @@ impl Link {
             Link::JetStream => jetstream::cleanup(names).await,
             Link::RedisStreams => redis::cleanup(names).await,
             Link::Amqp => amqp::cleanup(names).await,
+            Link::Kafka => kafka::cleanup(names).await,
             _ => Ok(()),
         }
     }
@@ -225,6 +253,7 @@ pub async fn run_native_relay(args: &[String]) -> anyhow::Result<()> {
         Link::RedisPubSub => redis::native_pubsub_relay(names, stop).await,
         Link::RedisStreams => redis::native_stream_relay(names, stop).await,
         Link::Amqp => amqp::native_relay(names, stop).await,
+        Link::Kafka => kafka::native_relay(names, stop).await,
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod amqp;
 pub mod embedded;
+pub mod kafka;
 pub mod mqtt;
 pub mod names;
 pub mod nats;
@@ -533,6 +534,7 @@ impl Default for LinkRegistry {
         r.register(redis::MakeRedis);
         r.register(amqp::MakeAmqp);
         r.register(mqtt::MakeMqtt);
+        r.register(kafka::MakeKafka);
         r
     }
 }

@@ -25,6 +25,13 @@ pub const AMQP_MAX_NAME: usize = 255;
 /// the names, so anything longer is a mistake.
 pub const REDIS_MAX_KEY: usize = 1024;
 
+/// The longest Kafka topic: the broker's limit (topic names are also
+/// directory names, with the partition number appended).
+pub const KAFKA_MAX_TOPIC: usize = 249;
+/// The longest Kafka consumer group this provider accepts: Kafka takes any
+/// string, but a queue's retry topic is named after its group.
+pub const KAFKA_MAX_GROUP: usize = 200;
+
 /// A name shown in a message: control characters escaped, and cut short
 /// when it is long.
 pub fn shown(name: &str) -> String {
@@ -232,6 +239,43 @@ pub fn redis_key(name: &str, what: &str) -> Rule {
     max_len(name, REDIS_MAX_KEY, what)
 }
 
+/// A Kafka topic: ASCII letters, digits, `.`, `_` and `-`, at most 249
+/// bytes, not `.` or `..`. Kafka warns that `.` and `_` collide in metric
+/// names; both are allowed, as Kafka allows them. `__…` is reserved for
+/// the broker's internal topics.
+pub fn kafka_topic(topic: &str, what: &str) -> Rule {
+    common(topic)?;
+    max_len(topic, KAFKA_MAX_TOPIC, what)?;
+    if let Some(c) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "is not a valid Kafka topic name: {c:?} is not allowed (only ASCII letters, digits, `.`, `_` and `-`)"
+        ));
+    }
+    if topic == "." || topic == ".." {
+        return Err("is not a valid Kafka topic name: `.` and `..` are not allowed".into());
+    }
+    if topic.starts_with("__") {
+        return Err("starts with `__`, which Kafka reserves for its internal topics".into());
+    }
+    Ok(())
+}
+
+/// A Kafka consumer group this provider uses for a queue: it also names
+/// the queue's retry topic, so it takes a topic's characters.
+pub fn kafka_group(group: &str) -> Rule {
+    common(group)?;
+    max_len(group, KAFKA_MAX_GROUP, "a Kafka consumer group")?;
+    kafka_topic(group, "a Kafka consumer group").map_err(|why| {
+        why.replace(
+            "topic name",
+            "consumer group name (it also names the queue's retry topic)",
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +313,30 @@ mod tests {
             assert!(mqtt_topic(bad, false).is_err(), "{bad:?}");
         }
         assert!(mqtt_topic(&"a".repeat(MQTT_MAX_TOPIC + 1), true).is_err());
+    }
+
+    #[test]
+    fn kafka_names_follow_the_broker() {
+        for ok in ["orders", "a.b_c-D9", "x"] {
+            assert_eq!(kafka_topic(ok, "a Kafka topic"), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a b",
+            "a/b",
+            "ü",
+            "^regex",
+            "__consumer_offsets",
+            "a\0b",
+        ] {
+            assert!(kafka_topic(bad, "a Kafka topic").is_err(), "{bad:?}");
+        }
+        assert!(kafka_topic(&"t".repeat(KAFKA_MAX_TOPIC + 1), "a Kafka topic").is_err());
+        assert!(kafka_group("orders.workers").is_ok());
+        assert!(kafka_group("a b").unwrap_err().contains("retry topic"));
+        assert!(kafka_group(&"g".repeat(KAFKA_MAX_GROUP + 1)).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use super::binary::BinaryMode;
 use super::{Event, JSON_FORMAT, json};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header::CONTENT_TYPE};
+use std::borrow::Cow;
 
 /// HTTP binary mode: `ce-` headers, percent-encoded; `Content-Type` is the
 /// data content type.
@@ -17,15 +18,8 @@ pub const BINARY: BinaryMode = BinaryMode {
 /// Reads an event from an HTTP request or response, in whichever mode its
 /// content type says.
 pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Event, String> {
-    // UTF-8, like every other value: a valid event's content type may hold
-    // any text, and `encode_binary` sends it as it is.
-    let content_type = headers
-        .get(CONTENT_TYPE)
-        .map(|v| {
-            std::str::from_utf8(v.as_bytes())
-                .map_err(|_| "the Content-Type header is not UTF-8".to_string())
-        })
-        .transpose()?;
+    let content_type = headers.get(CONTENT_TYPE).map(|v| header_text(v.as_bytes()));
+    let content_type = content_type.as_deref();
     let lowered = content_type.map(str::to_ascii_lowercase);
     match lowered.as_deref() {
         Some(ct) if ct.starts_with("application/cloudevents-batch") => {
@@ -36,16 +30,31 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Event, String> {
     }
 }
 
+/// A header value as text: UTF-8 when it is UTF-8, else ISO-8859-1, which
+/// is what HTTP/1.1 clients have long sent for text that is not ASCII
+/// (Python's `requests` and Node's `http` do, so the CloudEvents SDKs'
+/// raw attribute values arrive that way). Every byte string reads as one
+/// or the other.
+pub fn header_text(raw: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(raw) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => Cow::Owned(raw.iter().map(|&b| char::from(b)).collect()),
+    }
+}
+
 fn decode_binary(
     headers: &HeaderMap,
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<Event, String> {
-    // Values go as bytes: raw UTF-8 is taken as well as percent-encoding
-    // (the CloudEvents Python SDK, for one, sends non-ASCII values raw).
-    let entries = headers
+    // Raw values are taken as well as percent-encoded ones (the
+    // CloudEvents SDKs' legacy APIs send non-ASCII values raw), in UTF-8 or
+    // else ISO-8859-1 (see `header_text`).
+    let values: Vec<(&str, Cow<str>)> = headers
         .iter()
-        .map(|(name, value)| (name.as_str(), value.as_bytes()));
+        .map(|(name, value)| (name.as_str(), header_text(value.as_bytes())))
+        .collect();
+    let entries = values.iter().map(|(name, value)| (*name, value.as_bytes()));
     let data = (!body.is_empty() || content_type.is_some()).then(|| body.to_vec());
     BINARY.read(entries, content_type, data)?.ok_or_else(|| {
         format!(
@@ -114,18 +123,34 @@ mod tests {
     }
 
     #[test]
-    fn raw_utf8_values_are_taken_and_bytes_that_are_not_utf8_refused() {
+    fn raw_values_are_read_as_utf8_else_as_latin1() {
         let mut headers = HeaderMap::new();
         for (name, value) in [("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-type", "t")] {
             headers.insert(name, HeaderValue::from_static(value));
         }
+        let source = |headers: &HeaderMap| decode(headers, b"").map(|e| e.source);
         headers.insert(
             "ce-source",
             HeaderValue::from_bytes("urn:ü".as_bytes()).unwrap(),
         );
-        assert_eq!(decode(&headers, b"").unwrap().source, "urn:ü");
-        headers.insert("ce-source", HeaderValue::from_bytes(b"urn:\xff").unwrap());
-        assert!(decode(&headers, b"").unwrap_err().contains("ce-source"));
+        assert_eq!(source(&headers).unwrap(), "urn:ü");
+        // What `requests` sends for "urn:zürich ÿ": ISO-8859-1.
+        headers.insert(
+            "ce-source",
+            HeaderValue::from_bytes(b"urn:z\xfcrich \xff").unwrap(),
+        );
+        assert_eq!(source(&headers).unwrap(), "urn:zürich ÿ");
+        headers.insert(
+            "content-type",
+            HeaderValue::from_bytes(b"text/plain; n=\xe9").unwrap(),
+        );
+        assert_eq!(
+            decode(&headers, b"x").unwrap().datacontenttype.as_deref(),
+            Some("text/plain; n=é")
+        );
+        // Percent-encoding stands for UTF-8 bytes alone.
+        headers.insert("ce-source", HeaderValue::from_static("urn:%FF"));
+        assert!(source(&headers).unwrap_err().contains("ce-source"));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod binary;
 pub mod http;
 pub mod inbound;
 pub mod json;
+pub mod kafka;
 pub mod mqtt;
 pub mod nats;
 #[cfg(test)]

@@ -1,0 +1,222 @@
+//! Publishing to Kafka: one idempotent producer per link, records written
+//! by the CloudEvents Kafka binding, and the topics channels name created
+//! (or checked) when they are declared.
+
+use super::settings::KafkaSettings;
+use super::subscribe::LinkContext;
+use crate::broker::BrokerError;
+use crate::cloudevents::Event;
+use crate::cloudevents::kafka::{self as binding, Record};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Extra record headers on a queue's retry topic: which delivery of the
+/// event the record is, and when it is due (Unix milliseconds).
+pub const ATTEMPT_HEADER: &str = "trigger-messaging-attempt";
+/// See [`ATTEMPT_HEADER`].
+pub const DUE_HEADER: &str = "trigger-messaging-due";
+
+/// A link's producer and topic administration.
+pub struct Publisher {
+    pub(super) link: String,
+    pub(super) settings: KafkaSettings,
+    producer: FutureProducer<LinkContext>,
+    admin: AdminClient<LinkContext>,
+    /// Topics known to exist: created or checked once.
+    known: Mutex<HashSet<String>>,
+    /// Cancelled when the link closes: queue subscriptions commit what is
+    /// settled and leave their groups.
+    pub(super) closing: CancellationToken,
+    /// The queue subscriptions' committers, awaited when the link closes.
+    pub(super) committers: TaskTracker,
+}
+
+impl Publisher {
+    /// Makes the producer and the admin client; neither connects before use.
+    pub fn new(link: &str, settings: &KafkaSettings) -> anyhow::Result<Arc<Publisher>> {
+        let producer = settings
+            .producer_config()
+            .create_with_context(LinkContext::new(link, None))?;
+        let admin = settings
+            .client_config()
+            .create_with_context(LinkContext::new(link, None))?;
+        Ok(Arc::new(Publisher {
+            link: link.into(),
+            settings: settings.clone(),
+            producer,
+            admin,
+            known: Mutex::default(),
+            closing: CancellationToken::new(),
+            committers: TaskTracker::new(),
+        }))
+    }
+
+    /// Publishes an event as the binding writes it.
+    pub async fn publish(&self, topic: &str, event: &Event) -> Result<(), BrokerError> {
+        let encoding = crate::stages::start();
+        let record = binding::encode(event, self.settings.content_mode);
+        crate::stages::record(crate::stages::Stage::Encode, encoding);
+        self.send(topic, &record, &[]).await
+    }
+
+    /// Sends a record, with `extra` headers after the binding's.
+    pub async fn send(
+        &self,
+        topic: &str,
+        record: &Record,
+        extra: &[(&str, &[u8])],
+    ) -> Result<(), BrokerError> {
+        let size = record.value.as_ref().map_or(0, Vec::len);
+        let limit = usize::try_from(self.settings.max_payload).unwrap_or(usize::MAX);
+        if size > limit {
+            return Err(BrokerError::PayloadTooLarge { size, limit });
+        }
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + extra.len());
+        for (key, value) in &record.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_slice()),
+            });
+        }
+        for (key, value) in extra {
+            headers = headers.insert(Header {
+                key,
+                value: Some(*value),
+            });
+        }
+        let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+        if let Some(value) = &record.value {
+            out = out.payload(value.as_slice());
+        }
+        if let Some(key) = &record.key {
+            out = out.key(key.as_slice());
+        }
+        let timeout = self.settings.publish_timeout;
+        let sent =
+            crate::timeout::timeout(timeout, self.producer.send(out, Timeout::After(timeout)))
+                .await
+                .map_err(|_| BrokerError::unconfirmed("Kafka", timeout))?;
+        sent.map(drop)
+            .map_err(|(e, _)| self.refused(topic, size, e))
+    }
+
+    /// What a failed send means to the caller.
+    fn refused(&self, topic: &str, size: usize, e: KafkaError) -> BrokerError {
+        use RDKafkaErrorCode as Code;
+        let link = &self.link;
+        match e.rdkafka_error_code() {
+            Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize) => {
+                BrokerError::PayloadTooLarge {
+                    size,
+                    limit: usize::try_from(self.settings.max_payload).unwrap_or(usize::MAX),
+                }
+            }
+            Some(Code::MessageTimedOut | Code::RequestTimedOut) => BrokerError::TimedOut(format!(
+                "Kafka link `{link}` did not confirm within {}",
+                humantime::format_duration(self.settings.publish_timeout)
+            )),
+            Some(
+                Code::QueueFull
+                | Code::BrokerTransportFailure
+                | Code::AllBrokersDown
+                | Code::NotEnoughReplicas
+                | Code::NotEnoughReplicasAfterAppend
+                | Code::LeaderNotAvailable
+                | Code::NotLeaderForPartition
+                | Code::NetworkException
+                | Code::Resolve,
+            ) => BrokerError::Unavailable(format!("Kafka link `{link}`: {e}")),
+            Some(Code::UnknownTopicOrPartition | Code::UnknownTopic) => {
+                BrokerError::DeliveryFailed(format!(
+                    "topic `{topic}` does not exist on Kafka link `{link}`"
+                ))
+            }
+            _ => BrokerError::DeliveryFailed(format!("Kafka link `{link}`: {e}")),
+        }
+    }
+
+    /// Makes sure `topic` exists: creates it (`create_topics`), or checks
+    /// that it is there. Once per topic per link.
+    pub async fn ensure_topic(&self, topic: &str) -> Result<(), BrokerError> {
+        if self.known.lock().unwrap().contains(topic) {
+            return Ok(());
+        }
+        if self.settings.create_topics {
+            self.create_topic(topic).await?;
+        } else {
+            let partitions = self.partitions(topic).await?;
+            if partitions.is_empty() {
+                return Err(BrokerError::Other(format!(
+                    "topic `{topic}` does not exist on Kafka link `{}`, and the link does not create topics (`create_topics = false`)",
+                    self.link
+                )));
+            }
+        }
+        self.known.lock().unwrap().insert(topic.to_string());
+        Ok(())
+    }
+
+    async fn create_topic(&self, topic: &str) -> Result<(), BrokerError> {
+        let (partitions, replicas) = self.settings.topic_shape(topic);
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replicas));
+        let timeout = self.settings.publish_timeout;
+        let options = AdminOptions::new().operation_timeout(Some(timeout));
+        let created =
+            crate::timeout::timeout(timeout * 2, self.admin.create_topics([&new], &options))
+                .await
+                .map_err(|_| BrokerError::unconfirmed("Kafka", timeout))?
+                .map_err(|e| {
+                    BrokerError::Unavailable(format!("Kafka link `{}`: {e}", self.link))
+                })?;
+        for result in created {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(BrokerError::Unavailable(format!(
+                        "Kafka link `{}` could not create topic `{name}`: {code}",
+                        self.link
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The partitions of `topic` (none when it does not exist).
+    pub async fn partitions(&self, topic: &str) -> Result<Vec<i32>, BrokerError> {
+        let config = self.settings.client_config();
+        let timeout = self.settings.publish_timeout;
+        let topic = topic.to_string();
+        let link = self.link.clone();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = config
+                .create()
+                .map_err(|e| BrokerError::Other(e.to_string()))?;
+            let metadata = consumer
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(|e| BrokerError::Unavailable(format!("Kafka link `{link}`: {e}")))?;
+            Ok(metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic && t.error().is_none())
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect())
+        })
+        .await
+        .map_err(|e| BrokerError::Other(e.to_string()))?
+    }
+
+    /// Waits until what was sent is delivered (or `publish_timeout`).
+    pub fn flush(&self) {
+        use rdkafka::producer::Producer as _;
+        let _ = self.producer.flush(self.settings.publish_timeout);
+    }
+}
