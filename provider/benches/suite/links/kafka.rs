@@ -10,13 +10,14 @@ use super::{Handlers, Names, admitted, announce_ready, ship};
 use crate::flow::{Confirm, Producer, Sink};
 use anyhow::Context as _;
 use async_trait::async_trait;
-use messaging_provider::cloudevents::kafka::{Record, decode, encode};
+use messaging_provider::broker::kafka::publish::future_record;
+use messaging_provider::broker::kafka::subscribe::raw_headers;
+use messaging_provider::cloudevents::kafka::{decode, encode};
 use messaging_provider::cloudevents::{ContentMode, Event};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
-use rdkafka::message::{Header, Headers as _, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,31 +45,9 @@ fn new_producer() -> anyhow::Result<FutureProducer> {
         .context("cannot make a Kafka producer")
 }
 
-/// The record for an event, as the provider writes it (binary mode).
-fn record<'a>(topic: &'a str, r: &'a Record) -> FutureRecord<'a, [u8], [u8]> {
-    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-    for (key, value) in &r.headers {
-        headers = headers.insert(Header {
-            key,
-            value: Some(value.as_slice()),
-        });
-    }
-    let mut out = FutureRecord::to(topic).headers(headers);
-    if let Some(value) = &r.value {
-        out = out.payload(value.as_slice());
-    }
-    if let Some(key) = &r.key {
-        out = out.key(key.as_slice());
-    }
-    out
-}
-
 /// The event in a received record.
 fn event_of(m: &rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<Event> {
-    let headers: Vec<(&[u8], Option<&[u8]>)> = m
-        .headers()
-        .map(|h| h.iter().map(|h| (h.key.as_bytes(), h.value)).collect())
-        .unwrap_or_default();
+    let headers = raw_headers(m);
     admitted(decode(&headers, m.key(), m.payload(), ("bench", "kafka")))
 }
 
@@ -119,7 +98,7 @@ impl Producer for KafkaProducer {
         let r = encode(&event, ContentMode::Binary);
         let delivery = self
             .producer
-            .send_result(record(&self.topic, &r))
+            .send_result(future_record(&self.topic, &r, &[]))
             .map_err(|(e, _)| anyhow::anyhow!("Kafka produce: {e}"))?;
         Ok(Box::pin(async move {
             delivery
@@ -201,7 +180,7 @@ pub async fn native_relay(names: Names, stop: CancellationToken) -> anyhow::Resu
             .spawn(async move {
                 let shipment = encode(&ship(&order?)?, ContentMode::Binary);
                 producer
-                    .send(record(&output, &shipment), TIMEOUT)
+                    .send(future_record(&output, &shipment, &[]), TIMEOUT)
                     .await
                     .map_err(|(e, _)| anyhow::anyhow!("Kafka delivery: {e}"))?;
                 consumer.store_offset(&topic, partition, offset)?;

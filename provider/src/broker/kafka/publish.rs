@@ -79,26 +79,7 @@ impl Publisher {
         if size > limit {
             return Err(BrokerError::PayloadTooLarge { size, limit });
         }
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + extra.len());
-        for (key, value) in &record.headers {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_slice()),
-            });
-        }
-        for (key, value) in extra {
-            headers = headers.insert(Header {
-                key,
-                value: Some(*value),
-            });
-        }
-        let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
-        if let Some(value) = &record.value {
-            out = out.payload(value.as_slice());
-        }
-        if let Some(key) = &record.key {
-            out = out.key(key.as_slice());
-        }
+        let out = future_record(topic, record, extra);
         let timeout = self.settings.publish_timeout;
         let sent =
             crate::timeout::timeout(timeout, self.producer.send(out, Timeout::After(timeout)))
@@ -219,4 +200,34 @@ impl Publisher {
         use rdkafka::producer::Producer as _;
         let _ = self.producer.flush(self.settings.publish_timeout);
     }
+}
+
+/// The librdkafka record for a binding's record, with `extra` headers
+/// after the binding's.
+pub fn future_record<'a>(
+    topic: &'a str,
+    record: &'a Record,
+    extra: &[(&'a str, &'a [u8])],
+) -> FutureRecord<'a, [u8], [u8]> {
+    let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + extra.len());
+    for (key, value) in &record.headers {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value.as_slice()),
+        });
+    }
+    for (key, value) in extra {
+        headers = headers.insert(Header {
+            key,
+            value: Some(*value),
+        });
+    }
+    let mut out = FutureRecord::to(topic).headers(headers);
+    if let Some(value) = &record.value {
+        out = out.payload(value.as_slice());
+    }
+    if let Some(key) = &record.key {
+        out = out.key(key.as_slice());
+    }
+    out
 }

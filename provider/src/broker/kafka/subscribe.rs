@@ -286,7 +286,8 @@ impl QueueSubscription {
             Poller {
                 consumer: consumer.clone(),
                 tracker: tracker.clone(),
-                origin: (link.clone(), address.to_string()),
+                link: link.clone(),
+                address: address.into(),
                 retry_topic: retry_topic.clone(),
                 sender,
             }
@@ -419,7 +420,8 @@ impl Subscription for QueueSubscription {
 struct Poller {
     consumer: Arc<StreamConsumer<LinkContext>>,
     tracker: Arc<Tracker>,
-    origin: (String, String),
+    link: String,
+    address: Arc<str>,
     retry_topic: Arc<str>,
     sender: tokio::sync::mpsc::Sender<Pending>,
 }
@@ -435,7 +437,7 @@ impl Poller {
             let pending = match received {
                 Ok(m) => self.pending(&m),
                 Err(e) => {
-                    self.tracker.failed(&self.origin.0, &self.origin.1, e);
+                    self.tracker.failed(&self.link, &self.address, e);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
@@ -454,11 +456,12 @@ impl Poller {
 
     /// Decodes a record; a retry record says its attempt and when it is due.
     fn pending(&self, m: &BorrowedMessage<'_>) -> Pending {
+        // The consumer reads the address and the retry topic only.
         let retry = m.topic() == &*self.retry_topic;
-        let topic: Arc<str> = if retry {
+        let topic = if retry {
             self.retry_topic.clone()
         } else {
-            m.topic().into()
+            self.address.clone()
         };
         let headers = raw_headers(m);
         let (mut attempt, mut due) = (1, None);
@@ -480,11 +483,8 @@ impl Poller {
                 Instant::now() + wait
             }));
         }
-        let origin = (self.origin.0.as_str(), self.origin.1.as_str());
-        let decoded = binding::decode(&headers, m.key(), m.payload(), origin);
-        let admitted = inbound::admit(decoded, || received(origin, &headers, m.payload()));
         Pending {
-            admitted,
+            admitted: admit(m, &headers, (&self.link, &self.address)),
             attempt,
             topic,
             partition: m.partition(),
@@ -659,11 +659,7 @@ impl Subscription for TopicSubscription {
             let consumer = self.consumer.as_ref().filter(|_| !self.stopping)?;
             let failed = match consumer.recv().await {
                 Ok(m) => {
-                    let headers = raw_headers(&m);
-                    let origin = (self.link.as_str(), self.address.as_str());
-                    let decoded = binding::decode(&headers, m.key(), m.payload(), origin);
-                    let admitted =
-                        inbound::admit(decoded, || received(origin, &headers, m.payload()));
+                    let admitted = admit(&m, &raw_headers(&m), (&self.link, &self.address));
                     self.failure = None;
                     return Some(Delivery::received(admitted, 1, Box::new(NothingToSettle)));
                 }
@@ -693,33 +689,35 @@ impl Drop for TopicSubscription {
     }
 }
 
-/// A malformed record as it came, for the dead-letter wrapper.
-fn received<'a>(
-    origin: (&'a str, &'a str),
+/// The event in a record, by the binding and the one inbound rule: a
+/// record that is not a valid CloudEvent is wrapped whole, its headers as
+/// the wrapper's metadata.
+fn admit(
+    m: &BorrowedMessage<'_>,
     headers: &[(&[u8], Option<&[u8]>)],
-    payload: Option<&'a [u8]>,
-) -> Received<'a> {
-    let metadata = headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                inbound::text(k).into_owned(),
-                inbound::text(v.unwrap_or_default()).into_owned(),
-            )
-        })
-        .collect();
-    Received {
+    origin: (&str, &str),
+) -> Result<Event, Malformed> {
+    let decoded = binding::decode(headers, m.key(), m.payload(), origin);
+    inbound::admit(decoded, || Received {
         link: origin.0,
         address: origin.1,
-        metadata,
+        metadata: headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    inbound::text(k).into_owned(),
+                    inbound::text(v.unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect(),
         content_type: None,
-        body: payload.unwrap_or_default(),
-    }
+        body: m.payload().unwrap_or_default(),
+    })
 }
 
 /// A record's headers as bytes. rdkafka's own accessor panics on a header
 /// name that is not UTF-8, which any producer may send.
-fn raw_headers<'a>(m: &'a BorrowedMessage<'a>) -> Vec<(&'a [u8], Option<&'a [u8]>)> {
+pub fn raw_headers<'a>(m: &'a BorrowedMessage<'a>) -> Vec<(&'a [u8], Option<&'a [u8]>)> {
     use rdkafka::bindings as rd;
     let mut out = Vec::new();
     let mut headers: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
