@@ -20,17 +20,22 @@ until curl -s -o /dev/null "$url/"; do
   sleep 0.2
 done
 
-echo; echo "== watching relay/shipments; publishing three orders to relay/orders"
-"$bin" tail --url "$url" relay shipments --count 2 &
-tail_pid=$!
+echo; echo "== watching relay/shipments and relay/rejected; publishing three orders to relay/orders"
+timeout 30 "$bin" tail --url "$url" relay shipments --count 2 &
+shipments=$!
+timeout 30 "$bin" tail --url "$url" relay rejected --count 1 &
+rejected=$!
 sleep 0.5
 "$bin" publish --url "$url" relay orders --type com.example.order.created \
   --data '{"sku":"BOOK-42","qty":2}' --content-type application/json --subject customer-7
 "$bin" publish --url "$url" relay orders --type com.example.order.created --structured \
   --data 'one blue mug' --content-type text/plain
-# No data: the relay refuses it; after 3 attempts it is dead-lettered to `rejected`.
+# No data: the relay refuses it; it is tried again 1 s, then 2 s later, and
+# after its third attempt the provider dead-letters it to `rejected`.
 "$bin" publish --url "$url" relay orders --type com.example.order.created
-wait $tail_pid
+echo "(the third order has no data: the relay refuses it three times, 1 s then 2 s apart, and the provider dead-letters it to \`rejected\`)"
+wait $shipments
+wait $rejected
 sleep 1
 
 echo; echo "== stopping (SIGTERM): in-flight handlers finish, then the provider exits"

@@ -30,6 +30,14 @@ ensure Kafka 9092 start-stop-daemon --start --background --exec "$(command -v ta
   broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
   --storage-engine memory://tansu/
 
+# Prometheus, which the metrics test runs to scrape the provider (Debian's package).
+command -v prometheus >/dev/null || {
+  apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 ||
+    { apt-get update >/dev/null && apt-get install -y --no-install-recommends prometheus >/dev/null; }
+  # The package starts a system-wide server; the tests run their own.
+  (service prometheus stop || systemctl stop prometheus) >/dev/null 2>&1 || true
+}
+
 rustup target add wasm32-wasip2
 # Clients that are not ours, for the interoperation and hostile-input tests.
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore nats-py pika redis paho-mqtt cloudevents requests confluent-kafka kafka-python

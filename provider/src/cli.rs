@@ -8,6 +8,7 @@ use crate::cloudevents::{self, Event};
 use crate::host::{CacheSetting, HostOptions};
 use crate::http::EndpointOptions;
 use crate::http::access::{self, ApiToken, ApiTokens};
+use crate::manifest::variables::VariableSource;
 use crate::manifest::{LockedAppLocation, RuntimeConfig, load_locked_app_with_links};
 use crate::provider::{Follow, OutputOptions, Provider, ProviderOptions, UserPath};
 use anyhow::Context as _;
@@ -37,6 +38,15 @@ enum Command {
     Publish(PublishArgs),
     /// Print the events published on an app's channel, one JSON document per line.
     Tail(TailArgs),
+    /// Print whether a running provider is ready (every app started, every
+    /// link connected) and what is not; exit 1 when it is not.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    #[command(flatten)]
+    target: Target,
 }
 
 /// `trigger-messaging up`.
@@ -94,6 +104,10 @@ pub struct RunArgs {
         value_name = "ADDR"
     )]
     listen: Option<SocketAddr>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` alone on this address
+    /// too (they are also on `--messaging-listen`); the same token rules apply.
+    #[arg(long, env = "TRIGGER_MESSAGING_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// A file holding the API token every `--messaging-listen` request must carry
     /// (or give the token itself in TRIGGER_MESSAGING_API_TOKEN).
     #[arg(long, env = access::TOKEN_FILE_ENV, value_name = "FILE")]
@@ -169,8 +183,57 @@ pub struct RunArgs {
     #[arg(long = "follow", value_name = "COMPONENT")]
     follow: Vec<String>,
     /// Print no component output.
-    #[arg(short = 'q', long, conflicts_with = "follow")]
+    #[arg(short = 'q', long, aliases = ["sh", "shush"], conflicts_with = "follow")]
     quiet: bool,
+    /// A variable's value, before `SPIN_VARIABLE_<NAME>` and the default:
+    /// `KEY=VALUE`, `KEY=@FILE` (the file's text), or `@FILE.json` /
+    /// `@FILE.toml` (a table of them); repeatable, the last one wins.
+    #[arg(
+        long = "variable",
+        value_name = "KEY=VALUE | KEY=@FILE | @FILE.json | @FILE.toml"
+    )]
+    variables: Vec<VariableSource>,
+    /// Set KEY to VALUE in every app's `default` key-value store before it
+    /// starts, replacing what is there; repeatable.
+    #[arg(long = "key-value", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    key_values: Vec<(String, String)>,
+    /// A memory limit in bytes for every instance, below components' own `max_memory`.
+    #[arg(long, env = "SPIN_MAX_INSTANCE_MEMORY", value_name = "BYTES", value_parser = parse_instance_memory)]
+    max_instance_memory: Option<u64>,
+    /// Compile guests with debug info, for gdb or lldb.
+    #[arg(long)]
+    debug_info: bool,
+    /// Spin's: SQL for the default SQLite database. No messaging component
+    /// can open a database, so this trigger leaves it to Spin's own.
+    #[arg(long = "sqlite", value_name = "STATEMENT | @FILE[:LABEL]")]
+    sqlite_statements: Vec<String>,
+    /// Spin's: static files writable. Messaging components get no files.
+    #[arg(long)]
+    allow_transient_write: bool,
+    /// Spin's: the experimental wasi:otel interface, which this trigger does not host.
+    #[arg(long)]
+    experimental_wasi_otel: bool,
+}
+
+/// `--key-value`, as Spin parses it: split at the first `=`.
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE (got {text:?})"))
+}
+
+/// `--max-instance-memory`: bytes, within what a wasm32 memory can be.
+fn parse_instance_memory(text: &str) -> Result<u64, String> {
+    let bytes: u64 = text
+        .parse()
+        .map_err(|_| format!("expected a number of bytes (got {text:?})"))?;
+    if (1 << 20..=4 << 30).contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(format!(
+            "must be between 1048576 (1 MiB) and 4294967296 (4 GiB) bytes (got {bytes})"
+        ))
+    }
 }
 
 /// `--max-instance-reuse-count`, in Spin's syntax and our range.
@@ -199,9 +262,11 @@ fn path_or_empty() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
     clap::builder::OsStringValueParser::new().map(PathBuf::from)
 }
 
+/// A running provider's endpoint, and how to reach it.
 #[derive(Args, Debug)]
-struct Endpoint {
-    /// The `--messaging-listen` address of the running provider (`https://` when it serves TLS).
+struct Target {
+    /// The `--messaging-listen` (or `--metrics-listen`) address of the
+    /// running provider (`https://` when it serves TLS).
     #[arg(
         long,
         env = "TRIGGER_MESSAGING_URL",
@@ -215,13 +280,20 @@ struct Endpoint {
     /// CA certificates (PEM) to trust for an https `--url`, besides the system's.
     #[arg(long, env = "TRIGGER_MESSAGING_CA_FILE", value_name = "FILE")]
     ca_file: Option<PathBuf>,
+}
+
+/// An app's channel on a running provider.
+#[derive(Args, Debug)]
+struct Endpoint {
+    #[command(flatten)]
+    target: Target,
     /// The app.
     app: String,
     /// The channel.
     channel: String,
 }
 
-impl Endpoint {
+impl Target {
     /// An HTTP client that sends the API token, if one is given, and
     /// trusts `--ca-file` besides the system's roots.
     fn client(&self) -> anyhow::Result<reqwest::Client> {
@@ -260,13 +332,24 @@ impl Endpoint {
         }
     }
 
-    fn url(&self) -> String {
+    /// `path` on the provider.
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url.trim_end_matches('/'))
+    }
+
+    /// Why the provider could not be reached, with a hint.
+    fn unreachable(&self) -> String {
         format!(
-            "{}/v1/apps/{}/channels/{}",
-            self.url.trim_end_matches('/'),
-            self.app,
-            self.channel
+            "cannot reach {}: is `trigger-messaging up --messaging-listen` running?",
+            self.url
         )
+    }
+}
+
+impl Endpoint {
+    fn url(&self) -> String {
+        self.target
+            .at(&format!("/v1/apps/{}/channels/{}", self.app, self.channel))
     }
 }
 
@@ -334,6 +417,7 @@ pub fn main() -> ExitCode {
             Command::SpinLaunch(args) => spin_launch(args).await,
             Command::Publish(args) => publish(args).await,
             Command::Tail(args) => tail(args).await,
+            Command::Status(args) => status(args).await,
         }
     });
     match result {
@@ -418,6 +502,8 @@ impl RunArgs {
                 after_error: self.reuse_instance_after_error.then_some(true),
             }
             .over(&InstanceReuse::default()),
+            max_instance_memory: self.max_instance_memory,
+            debug_info: self.debug_info,
         };
         let output = OutputOptions {
             follow: match (self.quiet, self.follow.is_empty()) {
@@ -434,8 +520,34 @@ impl RunArgs {
             messaging_runtime_config: self.messaging_runtime_config_file.clone(),
             host,
             output,
+            key_values: self.key_values.clone(),
             ..ProviderOptions::default()
         }
+    }
+
+    /// Takes in Spin's flags whose work is not a provider option: the
+    /// variables' values, and a line for each flag that has nothing to do
+    /// here.
+    fn apply_process_wide(&self) -> anyhow::Result<()> {
+        let mut given = std::collections::HashMap::new();
+        for source in &self.variables {
+            given.extend(source.read()?);
+        }
+        crate::manifest::variables::set_given(given);
+        if !self.sqlite_statements.is_empty() {
+            tracing::info!(
+                "--sqlite: no messaging component can open a SQLite database, so the statements are left to Spin's own triggers"
+            );
+        }
+        if self.allow_transient_write {
+            tracing::info!("--allow-transient-write: messaging components get no files to write");
+        }
+        if self.experimental_wasi_otel {
+            tracing::info!(
+                "--experimental-wasi-otel: this trigger does not host wasi:otel; a component importing it is refused, naming the import"
+            );
+        }
+        Ok(())
     }
 
     /// The `--messaging-listen` endpoint's tokens and TLS, checked: per-app tokens
@@ -571,6 +683,7 @@ pub async fn spin_launch(args: SpinLaunchArgs) -> anyhow::Result<()> {
         ..args.run.options()
     };
     if args.precompose_only {
+        args.run.apply_process_wide()?;
         let registry = LinkRegistry::default();
         let config = RuntimeConfig::load_files(
             options.runtime_config.as_deref(),
@@ -585,6 +698,10 @@ pub async fn spin_launch(args: SpinLaunchArgs) -> anyhow::Result<()> {
 
 /// Loads, prints what was loaded, runs until a stop signal, drains, exits.
 async fn run(options: ProviderOptions, args: &RunArgs) -> anyhow::Result<()> {
+    // Listening from the start: a stop asked for while apps load or start is
+    // taken once they have started, instead of killing the process.
+    let mut stop = StopSignal::listen()?;
+    args.apply_process_wide()?;
     let stage_times = std::env::var_os(crate::stages::STAGE_TIMES_ENV).map(PathBuf::from);
     if stage_times.is_some() {
         crate::stages::enable();
@@ -600,7 +717,26 @@ async fn run(options: ProviderOptions, args: &RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let metrics_listening = match args.metrics_listen {
+        Some(addr) => {
+            let options = args.endpoint_options(addr, &provider)?;
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?;
+            Some((listener, options))
+        }
+        None => None,
+    };
     print!("{}", provider.summary());
+    // Health, readiness and metrics answer while the apps start.
+    let metrics_endpoint = match metrics_listening {
+        Some((listener, options)) => {
+            println!("Metrics on {}", listener.local_addr()?);
+            Some(crate::http::Endpoint::start_operations(
+                listener, &provider, options,
+            )?)
+        }
+        None => None,
+    };
     provider.start().await?;
     let endpoint = match listening {
         Some((listener, options)) => {
@@ -617,7 +753,7 @@ async fn run(options: ProviderOptions, args: &RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     println!("Ready: press Ctrl+C to stop.");
-    stop_signal().await;
+    stop.recv().await;
     tracing::info!(
         "stopping: no new messages are taken; waiting up to {} for handlers under way",
         humantime::format_duration(args.shutdown_timeout)
@@ -627,6 +763,7 @@ async fn run(options: ProviderOptions, args: &RunArgs) -> anyhow::Result<()> {
     }
     let report = provider.shutdown(args.shutdown_timeout).await;
     drop(endpoint);
+    drop(metrics_endpoint);
     if let Some(file) = stage_times {
         let times = crate::stages::snapshot().to_string();
         std::fs::write(&file, times).with_context(|| {
@@ -648,12 +785,26 @@ async fn run(options: ProviderOptions, args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("cannot listen for SIGTERM");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Ctrl+C (SIGINT) and SIGTERM, caught from the moment they are listened for.
+struct StopSignal {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignal {
+    fn listen() -> anyhow::Result<StopSignal> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignal {
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
     }
 }
 
@@ -698,44 +849,55 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     };
     let response = args
         .endpoint
+        .target
         .client()?
         .post(args.endpoint.url())
         .headers(headers)
         .body(body)
         .send()
         .await
-        .with_context(|| {
-            format!(
-                "cannot reach {}: is `trigger-messaging up --messaging-listen` running?",
-                args.endpoint.url
-            )
-        })?;
+        .with_context(|| args.endpoint.target.unreachable())?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     if !status.is_success() {
-        return Err(Endpoint::refusal(status, &text));
+        return Err(Target::refusal(status, &text));
     }
     println!("{}", event.id);
+    Ok(())
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let target = &args.target;
+    let response = target
+        .client()?
+        .get(target.at(crate::http::READY_ROUTE))
+        .send()
+        .await
+        .with_context(|| target.unreachable())?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let readiness: crate::provider::Readiness = match serde_json::from_str(&text) {
+        Ok(readiness) => readiness,
+        Err(_) => return Err(Target::refusal(status, &text)),
+    };
+    print!("{}", readiness.for_people(&target.url));
+    anyhow::ensure!(readiness.ready, "not ready");
     Ok(())
 }
 
 async fn tail(args: TailArgs) -> anyhow::Result<()> {
     let response = args
         .endpoint
+        .target
         .client()?
         .get(args.endpoint.url())
         .send()
         .await
-        .with_context(|| {
-            format!(
-                "cannot reach {}: is `trigger-messaging up --messaging-listen` running?",
-                args.endpoint.url
-            )
-        })?;
+        .with_context(|| args.endpoint.target.unreachable())?;
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
-        return Err(Endpoint::refusal(status, &text));
+        return Err(Target::refusal(status, &text));
     }
     let mut body = response.bytes_stream();
     let mut lines = SseLines::default();

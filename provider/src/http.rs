@@ -7,6 +7,14 @@
 //! - `GET /v1/apps/{app}/channels/{channel}` streams the events published on
 //!   the channel as server-sent events, one JSON format document each.
 //!
+//! - `GET /metrics`: the provider's metrics in Prometheus' text format (a
+//!   token for every app, when tokens are required).
+//! - `GET /healthz` (the process answers) and `GET /readyz` (every app
+//!   started and every link connected; 503 with what is not), without a token,
+//!   as container orchestrators probe them.
+//!
+//! `--metrics-listen` serves the last three alone, on an address of their own.
+//!
 //! Every refusal — from the handlers, the router (unknown route, wrong
 //! method), the token check, a body too large or too slow — answers with a
 //! status and `{"error": "...", "case": "..."}`.
@@ -25,7 +33,7 @@ pub mod tls;
 use crate::cloudevents::{self, Event, json};
 use crate::dispatch::AppRuntime;
 use crate::host::MessagingError;
-use crate::provider::Provider;
+use crate::provider::{Operations, Provider};
 use access::{ApiTokens, Caller, Refusal};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
@@ -106,6 +114,7 @@ impl Default for EndpointOptions {
 #[derive(Clone)]
 struct Shared {
     apps: Arc<BTreeMap<String, Arc<AppRuntime>>>,
+    operations: Arc<Operations>,
     stopping: CancellationToken,
     closing: CancellationToken,
     watchers: Arc<Semaphore>,
@@ -121,7 +130,17 @@ pub fn router(provider: &Provider) -> Router {
         CancellationToken::new(),
         CancellationToken::new(),
         EndpointOptions::default(),
+        Routes::All,
     )
+}
+
+/// Which routes an endpoint serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Routes {
+    /// `--messaging-listen`: channels and operations.
+    All,
+    /// `--metrics-listen`: operations only.
+    Operations,
 }
 
 fn router_with(
@@ -129,28 +148,81 @@ fn router_with(
     stopping: CancellationToken,
     closing: CancellationToken,
     options: EndpointOptions,
+    routes: Routes,
 ) -> Router {
     let shared = Shared {
         apps: Arc::new(provider.apps().clone()),
+        operations: provider.operations().clone(),
         stopping,
         closing,
         watchers: Arc::new(Semaphore::new(options.max_watchers)),
         options: Arc::new(options),
     };
+    let guarded = match routes {
+        Routes::All => Router::new().route(CHANNEL_ROUTE, get(watch).post(publish)),
+        Routes::Operations => Router::new(),
+    };
     // Outermost last: every answer, even a panic's, leaves as JSON.
-    Router::new()
-        .route(CHANNEL_ROUTE, get(watch).post(publish))
+    guarded
+        .route(METRICS_ROUTE, get(metrics))
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             authenticate,
         ))
+        .merge(
+            Router::new()
+                .route(HEALTH_ROUTE, get(healthz))
+                .route(READY_ROUTE, get(readyz)),
+        )
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             answer_for_panic,
         ))
         .layer(axum::middleware::map_response(errors_as_json))
         .with_state(shared)
+}
+
+/// The metrics route.
+pub const METRICS_ROUTE: &str = "/metrics";
+/// The liveness route: the process answers.
+pub const HEALTH_ROUTE: &str = "/healthz";
+/// The readiness route: every app started and every link connected.
+pub const READY_ROUTE: &str = "/readyz";
+
+/// The metrics; an app's own token does not reach them, since they name
+/// every app.
+async fn metrics(State(shared): State<Shared>, Extension(caller): Extension<Caller>) -> Response {
+    if matches!(caller, Caller::App(_)) {
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            "the metrics name every app: they need a token for every app, not one app's".into(),
+            "forbidden",
+        )
+        .into_response();
+    }
+    (
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        )],
+        shared.operations.metrics_text(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(shared): State<Shared>) -> Response {
+    let readiness = shared.operations.readiness();
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness)).into_response()
 }
 
 /// The endpoint serving on its own thread.
@@ -177,15 +249,43 @@ impl Endpoint {
         provider: &Provider,
         options: EndpointOptions,
     ) -> anyhow::Result<Endpoint> {
+        Endpoint::serve_routes(listener, provider, options, Routes::All)
+    }
+
+    /// Serves only `/metrics`, `/healthz` and `/readyz` on `listener`
+    /// (`--metrics-listen`), from a thread of its own.
+    pub fn start_operations(
+        listener: std::net::TcpListener,
+        provider: &Provider,
+        options: EndpointOptions,
+    ) -> anyhow::Result<Endpoint> {
+        Endpoint::serve_routes(listener, provider, options, Routes::Operations)
+    }
+
+    fn serve_routes(
+        listener: std::net::TcpListener,
+        provider: &Provider,
+        options: EndpointOptions,
+        routes: Routes,
+    ) -> anyhow::Result<Endpoint> {
         listener.set_nonblocking(true)?;
         let (stopping, closing) = (CancellationToken::new(), CancellationToken::new());
-        let router = router_with(provider, stopping.clone(), closing.clone(), options.clone());
+        let router = router_with(
+            provider,
+            stopping.clone(),
+            closing.clone(),
+            options.clone(),
+            routes,
+        );
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let closed = closing.clone();
         let thread = std::thread::Builder::new()
-            .name("http-endpoint".into())
+            .name(match routes {
+                Routes::All => "http-endpoint".into(),
+                Routes::Operations => "metrics-endpoint".into(),
+            })
             .spawn(move || {
                 runtime.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {
@@ -483,7 +583,7 @@ async fn no_such_route(uri: Uri) -> ApiError {
     ApiError(
         StatusCode::NOT_FOUND,
         format!(
-            "no route `{}`: the endpoint serves {CHANNEL_ROUTE}",
+            "no route `{}`: the endpoint serves {CHANNEL_ROUTE}, {METRICS_ROUTE}, {HEALTH_ROUTE} and {READY_ROUTE}",
             uri.path()
         ),
         "not-found",

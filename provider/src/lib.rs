@@ -21,6 +21,7 @@ pub mod host;
 pub mod http;
 pub mod keyvalue;
 pub mod manifest;
+pub mod metrics;
 pub mod provider;
 pub mod stages;
 pub mod timeout;

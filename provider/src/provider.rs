@@ -6,11 +6,13 @@ use crate::dispatch::{AppRuntime, Dispatcher, DrainReport};
 use crate::host::{ComponentOutput, Grants, Host, HostOptions};
 use crate::keyvalue::{DEFAULT_STORE, KeyValueStore, StoreConfig, Stores};
 use crate::manifest::{self, ConfigError, ConfigErrors, LockedAppLocation, RuntimeConfig};
+use crate::metrics::{LinkSample, StateSample};
 use anyhow::Context as _;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Where apps and links come from, and how to run them.
 #[derive(Clone, Debug, Default)]
@@ -30,6 +32,9 @@ pub struct ProviderOptions {
     pub host: HostOptions,
     /// Where components' stdout and stderr go.
     pub output: OutputOptions,
+    /// Pairs set in every app's `default` key-value store before it starts
+    /// (Spin's `--key-value`).
+    pub key_values: Vec<(String, String)>,
 }
 
 /// Where components' stdout and stderr go: Spin's `--follow`, `-q`,
@@ -140,11 +145,64 @@ impl OutputOptions {
 /// Apps loaded, links connected, ready to start.
 pub struct Provider {
     apps: BTreeMap<String, Arc<AppRuntime>>,
-    links: BTreeMap<String, (String, Arc<dyn Broker>)>,
+    links: BTreeMap<String, LoadedLink>,
     /// The key-value stores the apps' components use: (app, label) and
     /// where the data is.
     stores: BTreeMap<(String, String), String>,
     dispatcher: Arc<Dispatcher>,
+    operations: Arc<Operations>,
+}
+
+/// What the operations routes (`/metrics`, `/readyz`) read, shared with
+/// the endpoints that serve them.
+pub struct Operations {
+    /// What `/metrics` answers.
+    registry: prometheus_client::registry::Registry,
+    /// Set once every app has started.
+    started: AtomicBool,
+    apps: Vec<Arc<AppRuntime>>,
+    links: Vec<(String, Arc<dyn Broker>)>,
+}
+
+/// A connected link, with what people and metrics are told about it.
+struct LoadedLink {
+    description: String,
+    link_type: &'static str,
+    broker: Arc<dyn Broker>,
+}
+
+/// Whether the provider is ready for work, and if not, why: what `/readyz`
+/// answers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Readiness {
+    /// Every app started and every link connected.
+    pub ready: bool,
+    /// Whether every app has started (declared its channels, subscribed).
+    pub started: bool,
+    /// Links not connected to their broker now.
+    pub links_down: Vec<String>,
+    /// Channels waiting for their link, as `app/channel`.
+    pub channels_unattached: Vec<String>,
+}
+
+impl Readiness {
+    /// For people: ready, or what is not.
+    pub fn for_people(&self, provider: &str) -> String {
+        if self.ready {
+            return format!("{provider}: ready (every app started, every link connected)\n");
+        }
+        let mut out = format!("{provider}: not ready\n");
+        if !self.started {
+            out.push_str("  apps still starting\n");
+        }
+        for link in &self.links_down {
+            let _ = writeln!(out, "  link `{link}` is not connected to its broker");
+        }
+        for channel in &self.channels_unattached {
+            let _ = writeln!(out, "  channel `{channel}` waits for its link");
+        }
+        out
+    }
 }
 
 impl Provider {
@@ -179,7 +237,17 @@ impl Provider {
                             prepared.link_type()
                         )
                     })?;
-                    links.insert(channel.link.clone(), (prepared.describe(), broker));
+                    dispatcher
+                        .metrics
+                        .add_link(&channel.link, prepared.link_type());
+                    links.insert(
+                        channel.link.clone(),
+                        LoadedLink {
+                            description: prepared.describe(),
+                            link_type: prepared.link_type(),
+                            broker,
+                        },
+                    );
                 }
             }
         }
@@ -189,8 +257,14 @@ impl Provider {
         let app_count = apps.len();
         let stores = Stores::default();
         for app in apps {
-            let app_stores =
-                open_stores(&app, &config, &stores, output.state_dir(&app, app_count))?;
+            let app_stores = open_stores(
+                &app,
+                &config,
+                &stores,
+                output.state_dir(&app, app_count),
+                &options.key_values,
+            )
+            .await?;
             let mut prepared = HashMap::new();
             for c in &app.components {
                 let (host, source) = (host.clone(), c.source.clone());
@@ -217,18 +291,30 @@ impl Provider {
             }
             let app_links = links
                 .iter()
-                .map(|(name, (_, link))| (name.clone(), link.clone()))
+                .map(|(name, link)| (name.clone(), link.broker.clone()))
                 .collect();
             runtimes.insert(
                 app.name.clone(),
                 AppRuntime::new(app, &app_links, prepared, dispatcher.clone())?,
             );
         }
+        let operations = Arc::new(Operations {
+            registry: dispatcher
+                .metrics
+                .registry(state_sampler(&runtimes, &links)),
+            started: AtomicBool::new(false),
+            apps: runtimes.values().cloned().collect(),
+            links: links
+                .iter()
+                .map(|(name, link)| (name.clone(), link.broker.clone()))
+                .collect(),
+        });
         Ok(Provider {
             apps: runtimes,
             links,
             stores: store_list,
             dispatcher,
+            operations,
         })
     }
 
@@ -242,7 +328,13 @@ impl Provider {
         for app in self.apps.values() {
             app.start_subscriptions().await?;
         }
+        self.operations.started.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// What the operations routes read.
+    pub fn operations(&self) -> &Arc<Operations> {
+        &self.operations
     }
 
     /// An app by name.
@@ -252,7 +344,7 @@ impl Provider {
 
     /// A connected link by name.
     pub fn link(&self, name: &str) -> Option<&Arc<dyn Broker>> {
-        self.links.get(name).map(|(_, b)| b)
+        self.links.get(name).map(|link| &link.broker)
     }
 
     /// The apps, by name.
@@ -323,8 +415,8 @@ impl Provider {
             }
         }
         let _ = writeln!(out, "Links:");
-        for (name, (description, _)) in &self.links {
-            let _ = writeln!(out, "  {name:<16} {description}");
+        for (name, link) in &self.links {
+            let _ = writeln!(out, "  {name:<16} {}", link.description);
         }
         if !self.stores.is_empty() {
             let _ = writeln!(out, "Key-value stores:");
@@ -340,10 +432,73 @@ impl Provider {
     /// links (sending the acknowledgements given).
     pub async fn shutdown(&self, deadline: std::time::Duration) -> DrainReport {
         let report = self.dispatcher.drain(deadline).await;
-        for (_, link) in self.links.values() {
-            link.close().await;
+        for link in self.links.values() {
+            link.broker.close().await;
         }
         report
+    }
+}
+
+impl Operations {
+    /// Whether every app started and every link is connected, naming what is not.
+    pub fn readiness(&self) -> Readiness {
+        let started = self.started.load(Ordering::Relaxed);
+        let links_down: Vec<String> = self
+            .links
+            .iter()
+            .filter(|(_, link)| !link.connectivity().connected)
+            .map(|(name, _)| name.clone())
+            .collect();
+        let channels_unattached: Vec<String> = self
+            .apps
+            .iter()
+            .flat_map(|app| {
+                app.unattached()
+                    .into_iter()
+                    .map(move |c| format!("{}/{c}", app.app.name))
+            })
+            .collect();
+        Readiness {
+            ready: started && links_down.is_empty() && channels_unattached.is_empty(),
+            started,
+            links_down,
+            channels_unattached,
+        }
+    }
+
+    /// The metrics, in Prometheus' text format.
+    pub fn metrics_text(&self) -> String {
+        crate::metrics::encode(&self.registry)
+    }
+}
+
+/// Reads the apps' and links' state for each scrape.
+fn state_sampler(
+    apps: &BTreeMap<String, Arc<AppRuntime>>,
+    links: &BTreeMap<String, LoadedLink>,
+) -> impl Fn() -> StateSample + Send + Sync + 'static {
+    let apps: Vec<Arc<AppRuntime>> = apps.values().cloned().collect();
+    let links: Vec<(String, &'static str, Arc<dyn Broker>)> = links
+        .iter()
+        .map(|(name, link)| (name.clone(), link.link_type, link.broker.clone()))
+        .collect();
+    move || StateSample {
+        components: apps
+            .iter()
+            .flat_map(|app| app.component_samples())
+            .collect(),
+        links: links
+            .iter()
+            .map(|(name, link_type, broker)| {
+                let state = broker.connectivity();
+                LinkSample {
+                    link: name.clone(),
+                    link_type,
+                    up: state.connected,
+                    reconnects: state.reconnects,
+                }
+            })
+            .collect(),
     }
 }
 
@@ -351,18 +506,22 @@ impl Provider {
 type OpenStores = BTreeMap<String, (Arc<dyn KeyValueStore>, String)>;
 
 /// Opens the key-value stores an app's components name: `default` in its
-/// state directory unless the runtime config rebinds it. By label: the
-/// store and where its data is.
-fn open_stores(
+/// state directory unless the runtime config rebinds it. `key_values` are
+/// set in `default` (opened for them if no component names it). By label:
+/// the store and where its data is.
+async fn open_stores(
     app: &App,
     config: &RuntimeConfig,
     stores: &Stores,
     state_dir: Option<PathBuf>,
+    key_values: &[(String, String)],
 ) -> anyhow::Result<OpenStores> {
+    let default = DEFAULT_STORE.to_string();
     let labels: BTreeSet<&String> = app
         .components
         .iter()
         .flat_map(|c| &c.key_value_stores)
+        .chain((!key_values.is_empty()).then_some(&default))
         .collect();
     let mut opened = BTreeMap::new();
     for label in labels {
@@ -374,6 +533,16 @@ fn open_stores(
         let store = stores
             .open(label, &store_config)
             .with_context(|| format!("app `{}`, key-value store `{label}`", app.name))?;
+        if label == DEFAULT_STORE {
+            for (key, value) in key_values {
+                store.set(key, value.as_bytes()).await.with_context(|| {
+                    format!(
+                        "--key-value {key}=...: cannot set it in app `{}`'s default store",
+                        app.name
+                    )
+                })?;
+            }
+        }
         opened.insert(label.clone(), (store, store_config.describe()));
     }
     Ok(opened)

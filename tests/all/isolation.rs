@@ -377,3 +377,50 @@ async fn waiting_for_a_free_instance_does_not_count_against_the_handler_timeout(
         assert_eq!(report, ("ok".into(), "slept".into()));
     }
 }
+
+#[tokio::test]
+async fn max_instance_memory_caps_every_instance_below_its_own_limit() {
+    let app = probe_app(
+        "capped",
+        r#"dlq = { kind = "topic" }"#,
+        r#"publish = ["results"]
+max_memory = "256 MiB""#,
+    );
+    let text = std::fs::read_to_string(&app.manifest).unwrap().replace(
+        "kind = \"queue\", address = \"capped.inbox\"",
+        "kind = \"queue\", address = \"capped.inbox\", max_attempts = 1, dead_letter = \"dlq\"",
+    );
+    std::fs::write(&app.manifest, text).unwrap();
+    init_logging();
+    let provider = messaging_provider::Provider::load(messaging_provider::ProviderOptions {
+        manifests: vec![app.manifest.clone()],
+        host: messaging_provider::host::HostOptions {
+            max_instance_memory: Some(48 << 20),
+            ..test_host()
+        },
+        output: quiet(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    provider.start().await.unwrap();
+    let mut results = watch(&provider, "capped", "results").await;
+    let mut dlq = watch(&provider, "capped", "dlq").await;
+    let mut small = event("small", "probe.hog");
+    small.data = Some(b"16".to_vec());
+    assert_eq!(
+        ask(&provider, "capped", &mut results, small).await,
+        ("ok".into(), "held 16 MiB".into())
+    );
+    // 64 MiB fits the component's own 256 MiB but not the flag's 48 MiB.
+    let mut big = event("big", "probe.hog");
+    big.data = Some(b"64".to_vec());
+    send(&provider, "capped", "inbox", big).await;
+    let (_, cause) = dead_letter_parts(&dlq.next("the dead letter").await);
+    assert!(
+        cause["deadlettererror"].contains("over its limit of 48 MiB")
+            && cause["deadlettererror"].contains("--max-instance-memory"),
+        "{cause:?}"
+    );
+    provider.shutdown(Duration::from_secs(5)).await;
+}

@@ -233,3 +233,58 @@ type = "redis"
         "{errors}"
     );
 }
+
+#[tokio::test]
+async fn key_value_flags_seed_the_default_store_before_the_app_starts() {
+    let state = tempfile::tempdir().unwrap();
+    let load = |app: &AppDir, key_values: Vec<(String, String)>| {
+        let options = ProviderOptions {
+            manifests: vec![app.manifest.clone()],
+            host: test_host(),
+            output: OutputOptions {
+                state_dir: UserPath::Given(state.path().to_path_buf()),
+                ..quiet()
+            },
+            key_values,
+            ..ProviderOptions::default()
+        };
+        async move {
+            init_logging();
+            let provider = Provider::load(options)
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            provider.start().await.unwrap();
+            provider
+        }
+    };
+    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+
+    // No component names `default`: the store is opened for the flags alone.
+    let other = kv_app("seeded", r#"[]"#);
+    let provider = load(&other, pairs(&[("origin", "a=b"), ("empty", "")])).await;
+    assert!(
+        provider.summary().contains("sqlite_key_value.db"),
+        "{}",
+        provider.summary()
+    );
+    provider.shutdown(std::time::Duration::from_secs(5)).await;
+    drop(provider);
+
+    // The same state directory, a component that reads it; the last flag wins.
+    let app = kv_app("seeded", r#"["default"]"#);
+    let provider = load(&app, pairs(&[("second", "1"), ("second", "2")])).await;
+    let mut results = watch(&provider, "seeded", "results").await;
+    let (_, data) = ask(
+        &provider,
+        "seeded",
+        &mut results,
+        kv("k-1", "default", "get origin; get empty; get second"),
+    )
+    .await;
+    assert_eq!(data, "a=b;;2");
+    provider.shutdown(std::time::Duration::from_secs(5)).await;
+}

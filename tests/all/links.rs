@@ -156,14 +156,76 @@ pub async fn reconnects(mut server: PrivateServer, settings: &str) {
     let mut results = watch(&provider, "linkapp", "results").await;
 
     served_while_away(&provider, &app, &mut results, "before-start").await;
+    link_is_down(&provider).await;
     server.restart();
     recovers(&app, &mut results).await;
+    link_is_up(&provider, 0).await;
 
     server.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
     served_while_away(&provider, &app, &mut results, "during").await;
+    link_is_down(&provider).await;
     server.restart();
     recovers(&app, &mut results).await;
+    link_is_up(&provider, 1).await;
+}
+
+/// `/readyz` names the link `bus` as down, and its metric says 0, within 10 s.
+async fn link_is_down(provider: &messaging_provider::Provider) {
+    let operations = provider.operations();
+    let start = Instant::now();
+    while !operations
+        .readiness()
+        .links_down
+        .contains(&"bus".to_string())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the link was not reported down: {:?}",
+            operations.readiness()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!operations.readiness().ready);
+    let text = operations.metrics_text();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("trigger_messaging_link_up{link=\"bus\"") && l.ends_with(" 0")),
+        "{text}"
+    );
+}
+
+/// The provider is ready again within 10 s (the link connected, every
+/// channel attached), and the metrics count `reconnects` reconnections
+/// (at least: a client that noticed the loss late may flap once more).
+async fn link_is_up(provider: &messaging_provider::Provider, reconnects: u64) {
+    let operations = provider.operations();
+    let start = Instant::now();
+    while !operations.readiness().ready {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not ready again: {:?}",
+            operations.readiness()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = operations.metrics_text();
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{link=\"bus\"")))
+            .unwrap_or_else(|| panic!("no {name} for link bus:\n{text}"))
+            .to_string()
+    };
+    assert!(line("trigger_messaging_link_up").ends_with(" 1"), "{text}");
+    let counted: u64 = line("trigger_messaging_link_reconnects_total")
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        counted >= reconnects && (reconnects > 0 || counted == 0),
+        "{counted} reconnects, expected {reconnects}:\n{text}"
+    );
 }
 
 /// While the link's server is away: publishing to the link fails fast, for

@@ -20,6 +20,7 @@ mod keyvalue;
 mod links;
 mod located;
 mod manifest;
+mod metrics;
 mod mqtt;
 mod nats;
 mod outbound;

@@ -183,7 +183,7 @@ async fn secrets_come_from_the_environment_and_are_never_printed() {
         rc.path().to_str().unwrap(),
     ]);
     assert_eq!(missing.wait_exit(Duration::from_secs(30)), 1);
-    missing.wait_for("stderr", "messaging_link.bus.url`: `{{ nats_secret_pw }}` needs the environment variable SPIN_VARIABLE_NATS_SECRET_PW");
+    missing.wait_for("stderr", "messaging_link.bus.url`: `{{ nats_secret_pw }}` needs `--variable nats_secret_pw=...` or the environment variable SPIN_VARIABLE_NATS_SECRET_PW");
 
     let child = Command::new(env!("CARGO_BIN_EXE_trigger-messaging"))
         .args([

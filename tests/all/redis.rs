@@ -23,7 +23,7 @@ fn redis_cli(args: &[&str]) -> String {
 }
 
 /// A private Redis that keeps nothing across a restart.
-fn redis_server(port: u16, dir: &std::path::Path) -> Command {
+pub fn redis_server(port: u16, dir: &std::path::Path) -> Command {
     redis_server_appending(port, dir, "no")
 }
 

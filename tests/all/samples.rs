@@ -179,3 +179,40 @@ async fn the_counter_calls_an_api_and_counts_in_every_language() {
         );
     }
 }
+
+/// The README's first command shows what its text promises: two shipments,
+/// and the third order dead-lettered to `rejected` after three attempts.
+#[test]
+fn the_demo_shows_both_shipments_and_the_dead_lettered_order() {
+    guests();
+    let out = std::process::Command::new("bash")
+        .arg(repo().join("scripts/demo.sh"))
+        .env("PORT", free_port().to_string())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .filter(|v: &serde_json::Value| v.is_object())
+        .collect();
+    let shipped = events
+        .iter()
+        .filter(|e| e.get("deadletterattempts").is_none());
+    assert_eq!(shipped.count(), 2, "{stdout}");
+    let rejected: Vec<_> = events
+        .iter()
+        .filter(|e| e.get("deadletterattempts").is_some())
+        .collect();
+    assert_eq!(rejected.len(), 1, "{stdout}");
+    assert_eq!(rejected[0]["deadletterattempts"], "3", "{stdout}");
+    assert_eq!(rejected[0]["deadletterchannel"], "orders", "{stdout}");
+    assert!(
+        stderr.contains("watching `rejected` of app `relay`"),
+        "{stderr}"
+    );
+}

@@ -398,6 +398,143 @@ source = "{probe}"
     );
 }
 
+#[test]
+fn spin_variable_flags_come_before_the_environment_and_read_files() {
+    guests();
+    let app = write_app(
+        r#"spin_manifest_version = 2
+[application]
+name = "flagged"
+[variables]
+stage = { default = "dev" }
+team = { required = true }
+[application.trigger.messaging.channels]
+inbox = { kind = "queue", address = "{{ stage }}.flagged.inbox" }
+results = { kind = "topic", address = "{{ team }}.flagged.results" }
+[[trigger.messaging]]
+component = "probe"
+subscriptions = ["inbox"]
+publish = ["results"]
+[component.probe]
+source = "{probe}"
+"#,
+    );
+    let dir = app.dir.path();
+    std::fs::write(dir.join("vars.json"), r#"{"stage": "qa", "team": "green"}"#).unwrap();
+    std::fs::write(dir.join("team.txt"), "red").unwrap();
+    let spin = SpinUp::new(&lock_of(&app.manifest), Some(dir));
+    let vars_json = format!("@{}", dir.join("vars.json").display());
+    let team_file = format!("team=@{}", dir.join("team.txt").display());
+    // The flag wins over SPIN_VARIABLE_TEAM; later flags over earlier ones.
+    let mut launched = Running::adopt(
+        spin.command(
+            BIN,
+            &[
+                "--state-dir",
+                "",
+                "--variable",
+                &vars_json,
+                "--variable",
+                &team_file,
+            ],
+        )
+        .env("SPIN_VARIABLE_TEAM", "blue")
+        .spawn()
+        .unwrap(),
+    );
+    launched.wait_for("stdout", "as `qa.flagged.inbox`");
+    launched.wait_for("stdout", "as `red.flagged.results`");
+    launched.wait_for("stdout", "Ready");
+    launched.terminate();
+    assert_eq!(launched.wait_exit(Duration::from_secs(20)), 0);
+
+    for (flag, expected) in [
+        (
+            "team",
+            "expected KEY=VALUE, KEY=@FILE, @FILE.json or @FILE.toml",
+        ),
+        ("@vars.yaml", "variable files must end in .json or .toml"),
+        (
+            "team=@/nonexistent/team.txt",
+            "cannot read /nonexistent/team.txt",
+        ),
+        ("@/nonexistent/v.toml", "cannot read /nonexistent/v.toml"),
+    ] {
+        let mut refused = spin.launch(BIN, &["--variable", flag]);
+        assert_ne!(refused.wait_exit(Duration::from_secs(20)), 0, "{flag}");
+        let all = refused.all();
+        assert!(all.contains(expected), "{flag}: {all}");
+    }
+    std::fs::write(dir.join("bad.toml"), "team = 3").unwrap();
+    let bad = format!("@{}", dir.join("bad.toml").display());
+    let mut refused = spin.launch(BIN, &["--variable", &bad]);
+    assert_eq!(refused.wait_exit(Duration::from_secs(20)), 1);
+    assert!(
+        refused
+            .all()
+            .contains("bad.toml is not a TOML table of strings"),
+        "{}",
+        refused.all()
+    );
+}
+
+#[test]
+fn every_flag_spins_triggers_share_is_taken() {
+    // The http trigger's own flags stay its own; every other one of Spin
+    // 4's common trigger flags is ours too, so `spin up` hands it to both.
+    const HTTP_ONLY: &[&str] = &[
+        "--listen",
+        "--tls-cert",
+        "--tls-key",
+        "--http1-max-buf-size",
+        "--find-free-port",
+        "--format",
+        "--max-instance-concurrent-reuse-count",
+        "--request-timeout",
+    ];
+    let ours = our_flags();
+    for flag in SPIN_HTTP_TRIGGER_FLAGS {
+        if !HTTP_ONLY.contains(flag) {
+            assert!(
+                ours.iter().any(|f| f == flag),
+                "{flag} is not taken: {ours:?}"
+            );
+        }
+    }
+    // Each parses with Spin's syntax.
+    let help = Command::new(BIN).arg("--help-args-only").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--variable",
+        "--key-value",
+        "--sqlite",
+        "--max-instance-memory",
+        "--debug-info",
+    ] {
+        assert!(help.contains(flag), "{flag}: {help}");
+    }
+    for (args, expected) in [
+        (&["--key-value", "novalue"][..], "expected KEY=VALUE"),
+        (
+            &["--max-instance-memory", "12"][..],
+            "must be between 1048576",
+        ),
+        (
+            &["--max-instance-memory", "lots"][..],
+            "expected a number of bytes",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["up", "-f", "/nonexistent"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+}
+
 fn probe_lock(name: &str, trigger: &str) -> (AppDir, Value) {
     let app = probe_app(name, "", trigger);
     let lock = lock_of(&app.manifest);
@@ -709,6 +846,8 @@ fn the_plugin_package_installs_and_runs_as_spin_runs_it() {
     );
     assert_eq!(manifest["license"], metadata.license.as_str());
     assert_eq!(manifest["description"], metadata.description.as_str());
+    // `spin plugins` shows a homepage to users: none until the project has a real one.
+    assert_eq!(manifest.get("homepage"), None, "{manifest:#}");
     let package = &manifest["packages"][0];
     assert_eq!(manifest["packages"].as_array().unwrap().len(), 1);
     assert_eq!(

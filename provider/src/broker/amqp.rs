@@ -26,8 +26,9 @@
 
 use super::tls::TlsFiles;
 use super::{
-    Acknowledge, Broker, BrokerError, ChannelNames, Delivery, Invalid, MakeBroker, SubscribeMode,
-    Subscription, check_name, check_publish_timeout, check_range, names, redact_url, require,
+    Acknowledge, Broker, BrokerError, ChannelNames, Connectivity, ConnectivityState, Delivery,
+    Invalid, MakeBroker, SubscribeMode, Subscription, check_name, check_publish_timeout,
+    check_range, names, redact_url, require,
 };
 use crate::cloudevents::ContentMode;
 use crate::cloudevents::Event;
@@ -153,6 +154,7 @@ impl MakeBroker for MakeAmqp {
             settings: s.clone(),
             state: tokio::sync::Mutex::new(None),
             queues: Mutex::default(),
+            connectivity: Connectivity::default(),
         }));
         if let Err(e) = broker.0.publisher().await {
             tracing::warn!(link = %name, url = %redact_url(&s.url), "AMQP broker not reachable yet ({e}); connecting on first use");
@@ -208,6 +210,7 @@ struct Inner {
     state: tokio::sync::Mutex<Option<(Arc<Connection>, Channel)>>,
     /// Addresses declared as queues: publishes to them are mandatory.
     queues: Mutex<HashSet<String>>,
+    connectivity: Connectivity,
 }
 
 fn unavailable(link: &str, e: impl std::fmt::Display) -> BrokerError {
@@ -224,6 +227,7 @@ impl Inner {
         {
             return Ok((conn.clone(), channel.clone()));
         }
+        self.connectivity.lost();
         if let Some((conn, _)) = state.take() {
             tracing::warn!(link = %self.name, "AMQP connection lost; reconnecting");
             let _ = conn.close(200, "reconnecting".into()).await;
@@ -277,6 +281,7 @@ impl Inner {
             .await
             .map_err(|e| unavailable(&self.name, e))?;
         tracing::info!(link = %self.name, "AMQP link connected");
+        self.connectivity.connected();
         *state = Some((conn.clone(), channel.clone()));
         Ok((conn, channel))
     }
@@ -465,6 +470,18 @@ impl Inner {
 
 #[async_trait]
 impl Broker for AmqpBroker {
+    /// The connection is checked as it is now: the link reconnects only
+    /// when it next publishes or a consumer re-subscribes.
+    fn connectivity(&self) -> ConnectivityState {
+        let mut state = self.0.connectivity.state();
+        if let Ok(guard) = self.0.state.try_lock() {
+            state.connected &= guard
+                .as_ref()
+                .is_some_and(|(conn, _)| conn.status().connected());
+        }
+        state
+    }
+
     fn max_payload(&self) -> Option<usize> {
         Some(128 * 1024 * 1024) // RabbitMQ's default max_message_size
     }

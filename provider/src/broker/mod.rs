@@ -133,6 +133,62 @@ pub trait Broker: Send + Sync + 'static {
     /// Closes the link: acknowledgements already given reach the broker
     /// first, then pending operations fail.
     async fn close(&self) {}
+
+    /// Whether the link is connected now, and how often it reconnected,
+    /// for `/readyz` and the metrics. A link with no connection to lose
+    /// (the embedded one) is always connected.
+    fn connectivity(&self) -> ConnectivityState {
+        ConnectivityState {
+            connected: true,
+            reconnects: 0,
+        }
+    }
+}
+
+/// A link's connection as [`Broker::connectivity`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectivityState {
+    /// Connected to the broker now.
+    pub connected: bool,
+    /// How often it connected again after losing the broker.
+    pub reconnects: u64,
+}
+
+/// Kept by a link where its client tells it that it connected or lost the
+/// broker; cheap enough to call on every read that succeeds.
+#[derive(Debug, Default)]
+pub struct Connectivity {
+    connected: std::sync::atomic::AtomicBool,
+    ever_connected: std::sync::atomic::AtomicBool,
+    reconnects: std::sync::atomic::AtomicU64,
+}
+
+impl Connectivity {
+    /// The link reached its broker.
+    pub fn connected(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.connected.load(Relaxed) || self.connected.swap(true, Relaxed) {
+            return;
+        }
+        if self.ever_connected.swap(true, Relaxed) {
+            self.reconnects.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The link lost its broker (or could not reach it).
+    pub fn lost(&self) {
+        self.connected
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What [`Broker::connectivity`] answers.
+    pub fn state(&self) -> ConnectivityState {
+        use std::sync::atomic::Ordering::Relaxed;
+        ConnectivityState {
+            connected: self.connected.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+        }
+    }
 }
 
 /// A stream of deliveries from one subscription.
@@ -580,6 +636,34 @@ impl LinkRegistry {
 
 #[cfg(test)]
 mod tests {
+    use super::{Connectivity, ConnectivityState};
+
+    #[test]
+    fn connectivity_counts_reconnects_not_the_first_connection() {
+        let c = Connectivity::default();
+        assert!(!c.state().connected);
+        c.connected();
+        c.connected();
+        assert_eq!(
+            c.state(),
+            ConnectivityState {
+                connected: true,
+                reconnects: 0
+            }
+        );
+        c.lost();
+        c.lost();
+        assert!(!c.state().connected);
+        c.connected();
+        assert_eq!(
+            c.state(),
+            ConnectivityState {
+                connected: true,
+                reconnects: 1
+            }
+        );
+    }
+
     #[test]
     fn urls_lose_their_credentials() {
         assert_eq!(

@@ -18,9 +18,9 @@
 
 use super::tls::TlsFiles;
 use super::{
-    Broker, BrokerError, ChannelNames, Delivery, Invalid, MAX_BUFFERED_EVENTS, MakeBroker,
-    NothingToSettle, SubscribeMode, Subscription, check_duration, check_name,
-    check_publish_timeout, check_range, names, require,
+    Broker, BrokerError, ChannelNames, Connectivity, ConnectivityState, Delivery, Invalid,
+    MAX_BUFFERED_EVENTS, MakeBroker, NothingToSettle, SubscribeMode, Subscription, check_duration,
+    check_name, check_publish_timeout, check_range, names, require,
 };
 use crate::cloudevents::ContentMode;
 use crate::cloudevents::Event;
@@ -186,6 +186,7 @@ impl MakeBroker for MakeMqtt {
             port,
             tls,
             s: s.clone(),
+            connectivity: Connectivity::default(),
         });
         let publisher = Conn::open(settings.clone(), None, None);
         for _ in 0..50 {
@@ -329,6 +330,8 @@ struct LinkSettings {
     /// The TLS configuration, for `mqtts://`.
     tls: Option<Arc<rustls::ClientConfig>>,
     s: MqttSettings,
+    /// The publishing connection's: the link's own.
+    connectivity: Connectivity,
 }
 
 /// What an event loop reports, the same for both protocol versions.
@@ -477,6 +480,8 @@ impl Conn {
         );
         let topic_filter = filter.clone();
         let qos = ls.s.qos;
+        // The publishing connection (no filter) speaks for the link.
+        let tracked = filter.is_none().then(|| ls.clone());
         let task = tokio::spawn(async move {
             let mut waiting: HashMap<u16, oneshot::Sender<()>> = HashMap::new();
             let mut backoff = Duration::from_millis(100);
@@ -489,6 +494,9 @@ impl Conn {
                         last_failure = None;
                         if !flag.swap(true, Ordering::Relaxed) {
                             tracing::info!(link = %link, "MQTT link connected");
+                        }
+                        if let Some(ls) = &tracked {
+                            ls.connectivity.connected();
                         }
                         if let Some(filter) = &filter
                             && !session_present
@@ -519,6 +527,9 @@ impl Conn {
                     }
                     Ev::Down(_) if stop.load(Ordering::Relaxed) => return,
                     Ev::Down(e) => {
+                        if let Some(ls) = &tracked {
+                            ls.connectivity.lost();
+                        }
                         if flag.swap(false, Ordering::Relaxed) {
                             tracing::warn!(link = %link, "MQTT link disconnected ({e}); reconnecting");
                         } else if last_failure.as_ref() != Some(&e) {
@@ -686,6 +697,10 @@ fn check_string_lengths(
 
 #[async_trait]
 impl Broker for MqttBroker {
+    fn connectivity(&self) -> ConnectivityState {
+        self.settings.connectivity.state()
+    }
+
     fn max_payload(&self) -> Option<usize> {
         Some(256 * 1024 * 1024 - 64 * 1024) // the MQTT packet limit, less room for properties
     }

@@ -14,9 +14,9 @@
 
 use super::tls::TlsFiles;
 use super::{
-    Acknowledge, Broker, BrokerError, ChannelNames, Delivery, Invalid, MakeBroker, NothingToSettle,
-    SubscribeMode, Subscription, check_batch, check_name, check_publish_timeout,
-    check_redelivery_timeout, names, redact_url, require,
+    Acknowledge, Broker, BrokerError, ChannelNames, Connectivity, ConnectivityState, Delivery,
+    Invalid, MakeBroker, NothingToSettle, SubscribeMode, Subscription, check_batch, check_name,
+    check_publish_timeout, check_redelivery_timeout, names, redact_url, require,
 };
 use crate::cloudevents::ContentMode;
 use crate::cloudevents::Event;
@@ -176,20 +176,25 @@ impl MakeBroker for MakeNats {
         let link = name.to_string();
         // A failing connection is logged once per distinct reason, not on every retry.
         let last_failure = Arc::new(Mutex::new(None::<String>));
+        let connectivity = Arc::new(Connectivity::default());
+        let tracked = connectivity.clone();
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("trigger-messaging/{name}"))
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(s.publish_timeout)
             .event_callback(move |event| {
-                let (link, last_failure) = (link.clone(), last_failure.clone());
+                let (link, last_failure, tracked) =
+                    (link.clone(), last_failure.clone(), tracked.clone());
                 async move {
                     match event {
                         async_nats::Event::Connected => {
+                            tracked.connected();
                             *last_failure.lock().unwrap() = None;
                             tracing::info!(link = %link, "NATS link connected")
                         }
                         async_nats::Event::Disconnected => {
+                            tracked.lost();
                             tracing::warn!(link = %link, "NATS link disconnected; reconnecting")
                         }
                         async_nats::Event::ClientError(e) => {
@@ -231,13 +236,16 @@ impl MakeBroker for MakeNats {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if client.connection_state() != State::Connected {
+        if client.connection_state() == State::Connected {
+            connectivity.connected();
+        } else {
             tracing::warn!(link = %name, url = %redact_url(&s.url), "NATS server not reachable yet; retrying in the background");
         }
         let js = s.jetstream.then(|| jetstream::new(client.clone()));
         Ok(Arc::new(NatsBroker {
             name: name.into(),
             client,
+            connectivity,
             js,
             settings: s.clone(),
             streams: Mutex::default(),
@@ -248,6 +256,7 @@ impl MakeBroker for MakeNats {
 struct NatsBroker {
     name: String,
     client: async_nats::Client,
+    connectivity: Arc<Connectivity>,
     js: Option<jetstream::Context>,
     settings: NatsSettings,
     /// Addresses whose stream is known to exist.
@@ -493,6 +502,10 @@ fn admitted(
 
 #[async_trait]
 impl Broker for NatsBroker {
+    fn connectivity(&self) -> ConnectivityState {
+        self.connectivity.state()
+    }
+
     fn max_payload(&self) -> Option<usize> {
         Some(self.client.server_info().max_payload).filter(|&n| n > 0)
     }

@@ -13,9 +13,9 @@
 
 use super::tls::TlsFiles;
 use super::{
-    Acknowledge, Broker, BrokerError, ChannelNames, Delivery, Invalid, MakeBroker, NothingToSettle,
-    SubscribeMode, Subscription, check_batch, check_name, check_publish_timeout,
-    check_redelivery_timeout, names, redact_url,
+    Acknowledge, Broker, BrokerError, ChannelNames, Connectivity, ConnectivityState, Delivery,
+    Invalid, MakeBroker, NothingToSettle, SubscribeMode, Subscription, check_batch, check_name,
+    check_publish_timeout, check_redelivery_timeout, names, redact_url,
 };
 use crate::cloudevents::ContentMode;
 use crate::cloudevents::Event;
@@ -144,8 +144,13 @@ impl MakeBroker for MakeRedis {
             .await
             .inspect_err(|e| tracing::warn!(link = %name, url = %redact_url(&s.url), "Redis not reachable yet ({e}); retrying on use"))
             .ok();
+        let connectivity = Arc::new(Connectivity::default());
+        if commands.is_some() {
+            connectivity.connected();
+        }
         Ok(Arc::new(RedisBroker {
             name: name.into(),
+            connectivity,
             client,
             settings: s.clone(),
             commands: tokio::sync::Mutex::new(commands),
@@ -202,6 +207,8 @@ enum Kind {
 
 struct RedisBroker {
     name: String,
+    /// Told by publishes, reads and pub/sub connections how they fare.
+    connectivity: Arc<Connectivity>,
     client: redis::Client,
     settings: RedisSettings,
     /// Created on first success, then reconnecting on its own.
@@ -243,7 +250,9 @@ impl RedisBroker {
         }
         let commands = manager(&self.client, self.settings.publish_timeout)
             .await
+            .inspect_err(|_| self.connectivity.lost())
             .map_err(|e| unavailable(&self.name, e))?;
+        self.connectivity.connected();
         *guard = Some(commands.clone());
         Ok(commands)
     }
@@ -294,6 +303,10 @@ impl RedisBroker {
 
 #[async_trait]
 impl Broker for RedisBroker {
+    fn connectivity(&self) -> ConnectivityState {
+        self.connectivity.state()
+    }
+
     fn max_payload(&self) -> Option<usize> {
         Some(512 * 1024 * 1024) // Redis's largest string
     }
@@ -325,9 +338,10 @@ impl Broker for RedisBroker {
         crate::timeout::timeout(timeout, cmd.query_async::<redis::Value>(&mut conn))
             .await
             .map_err(|_| BrokerError::unconfirmed("Redis", timeout))?
-            .map(drop)
+            .map(|_| self.connectivity.connected())
             .map_err(|e| {
                 if answers_later(&e) {
+                    self.connectivity.lost();
                     unavailable(&self.name, e)
                 } else {
                     BrokerError::DeliveryFailed(e.to_string())
@@ -354,13 +368,16 @@ impl Broker for RedisBroker {
             (SubscribeMode::Topic, Kind::PubSub) => {
                 let mut sub = PubSubSubscription {
                     client: self.client.clone(),
+                    connectivity: self.connectivity.clone(),
                     origin,
                     stream: None,
                     stopping: false,
                 };
                 sub.connect()
                     .await
+                    .inspect_err(|_| self.connectivity.lost())
                     .map_err(|e| unavailable(&self.name, e))?;
+                self.connectivity.connected();
                 Ok(Box::new(sub))
             }
             (SubscribeMode::Topic, Kind::Stream) => {
@@ -398,6 +415,7 @@ impl Broker for RedisBroker {
                     .await
                     .map_err(|e| unavailable(&self.name, e))?;
                 Ok(Box::new(GroupReader {
+                    connectivity: self.connectivity.clone(),
                     reads: GroupReads {
                         conn,
                         stream: origin.1.clone(),
@@ -425,6 +443,7 @@ impl Broker for RedisBroker {
 
 struct PubSubSubscription {
     client: redis::Client,
+    connectivity: Arc<Connectivity>,
     origin: (String, String),
     stream: Option<redis::aio::PubSubStream>,
     /// Set by `stop`.
@@ -477,10 +496,12 @@ impl Subscription for PubSubSubscription {
             }
             // The connection ended: re-subscribe once the server is back.
             if self.stream.take().is_some() {
+                self.connectivity.lost();
                 tracing::warn!(link = %self.origin.0, channel = %self.origin.1, "Redis pub/sub connection lost; re-subscribing");
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
             if self.connect().await.is_ok() {
+                self.connectivity.connected();
                 tracing::info!(link = %self.origin.0, channel = %self.origin.1, "Redis pub/sub re-subscribed");
             }
         }
@@ -630,6 +651,7 @@ impl Subscription for StreamWatch {
 /// entries it read are handed out by the next call.
 struct GroupReader {
     origin: (String, String),
+    connectivity: Arc<Connectivity>,
     reads: GroupReads,
     last_claim: Instant,
     /// Where the scan for due entries goes on, while more may be due.
@@ -852,11 +874,15 @@ impl Subscription for GroupReader {
             self.reading = None;
             match read {
                 Ok(Ok((entries, cursor))) => {
+                    self.connectivity.connected();
                     self.failure = None;
                     self.buffer.extend(entries);
                     self.claim_cursor = cursor;
                 }
                 Ok(Err(e)) => {
+                    if answers_later(&e) {
+                        self.connectivity.lost();
+                    }
                     let reason = e.to_string();
                     if self.failure.as_ref() != Some(&reason) {
                         tracing::warn!(link = %self.origin.0, stream = %self.origin.1, "Redis read failed ({reason}); retrying");

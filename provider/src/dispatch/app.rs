@@ -12,6 +12,7 @@ use crate::host::{
     ComponentOutput, Grants, InstanceIdentity, Instances, MessagingCtx, MessagingError,
     PreparedComponent,
 };
+use crate::metrics::{ComponentSample, SendMetrics};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -28,6 +29,8 @@ pub struct AppRuntime {
     dispatcher: Arc<Dispatcher>,
     /// Dynamic subscriptions by token; a token is meaningful only here.
     dynamic: Mutex<HashMap<String, CancellationToken>>,
+    /// Channels (or subscriptions to them) waiting for their link, by name.
+    unattached: Mutex<BTreeMap<String, usize>>,
     stop: CancellationToken,
 }
 
@@ -36,6 +39,7 @@ pub(crate) struct BoundChannel {
     pub spec: Channel,
     link: Arc<dyn Broker>,
     declared: OnceCell<()>,
+    sends: SendMetrics,
 }
 
 /// A component of an app, prepared to run.
@@ -50,6 +54,9 @@ pub(crate) struct ComponentRuntime {
     pub in_flight: Arc<Semaphore>,
     /// Slows it down while its handlers keep failing.
     pub breaker: Breaker,
+    /// Handlers running now (a pump holds a slot while it waits for a
+    /// delivery, so the semaphore does not tell).
+    pub running: std::sync::atomic::AtomicU64,
 }
 
 impl AppRuntime {
@@ -72,6 +79,12 @@ impl AppRuntime {
                 )
             })?;
             let bound = BoundChannel {
+                sends: dispatcher.metrics.send(
+                    &app.name,
+                    &channel.name,
+                    &channel.link,
+                    &channel.address,
+                ),
                 spec: channel.clone(),
                 link: link.clone(),
                 declared: OnceCell::new(),
@@ -111,6 +124,7 @@ impl AppRuntime {
                         instances: host.instances(&component, identity, reuse),
                         in_flight: Arc::new(Semaphore::new(spec.max_in_flight)),
                         breaker: Breaker::default(),
+                        running: Default::default(),
                         spec,
                     })
                 })
@@ -121,6 +135,7 @@ impl AppRuntime {
                 stop: dispatcher.stop.child_token(),
                 dispatcher,
                 dynamic: Mutex::default(),
+                unattached: Mutex::default(),
                 app,
             }
         }))
@@ -248,7 +263,18 @@ impl AppRuntime {
         subscriber: Option<Arc<ComponentRuntime>>,
     ) {
         let (app, stop) = (Arc::downgrade(self), self.stop.clone());
+        *self
+            .unattached
+            .lock()
+            .unwrap()
+            .entry(channel.spec.name.clone())
+            .or_default() += 1;
+        let waiting = Unattached {
+            app: app.clone(),
+            channel: channel.spec.name.clone(),
+        };
         self.dispatcher.tasks.spawn(async move {
+            let _waiting = waiting;
             let mut backoff = Duration::from_millis(200);
             loop {
                 tokio::select! {
@@ -296,6 +322,28 @@ impl AppRuntime {
             .link
             .subscribe(&channel.spec.address, SubscribeMode::Topic)
             .await?)
+    }
+
+    /// Channels not attached to their link yet (it was down when the app
+    /// started), by name: what keeps the app from being ready.
+    pub fn unattached(&self) -> Vec<String> {
+        self.unattached.lock().unwrap().keys().cloned().collect()
+    }
+
+    /// Each component's state, for the metrics.
+    pub fn component_samples(&self) -> impl Iterator<Item = ComponentSample> + '_ {
+        self.components.iter().map(|c| {
+            let (created, reused) = c.instances.counts();
+            ComponentSample {
+                app: self.app.name.clone(),
+                component: c.spec.id.clone(),
+                in_flight: c.running.load(std::sync::atomic::Ordering::Relaxed),
+                idle_instances: c.instances.idle() as u64,
+                created,
+                reused,
+                breaker_open: c.breaker.is_open(),
+            }
+        })
     }
 
     /// A component's instances (how many were created, reused, are warm).
@@ -352,11 +400,19 @@ impl AppRuntime {
         }
         self.declare(channel).await?;
         let publishing = crate::stages::start();
+        let started = std::time::Instant::now();
         let published = channel
             .link
             .publish_checked(&channel.spec.address, event)
             .await;
         crate::stages::record(crate::stages::Stage::Publish, publishing);
+        if published.is_ok() {
+            channel
+                .sends
+                .duration
+                .observe(started.elapsed().as_secs_f64());
+            channel.sends.sent.inc();
+        }
         Ok(published?)
     }
 
@@ -402,12 +458,13 @@ impl ComponentCtx {
             .upgrade()
             .ok_or_else(|| MessagingError::ServiceUnavailable("the app is stopping".into()))
     }
-}
 
-#[async_trait]
-impl MessagingCtx for ComponentCtx {
-    async fn publish(&self, channel: WitChannel, event: Event) -> Result<(), MessagingError> {
-        let app = self.app()?;
+    async fn publish_to(
+        &self,
+        app: &AppRuntime,
+        channel: WitChannel,
+        event: Event,
+    ) -> Result<(), MessagingError> {
         let channel = app.channel_for(&channel)?;
         if !self.may_publish.contains(&channel.spec.name) {
             return Err(MessagingError::InsufficientPermissions(format!(
@@ -416,6 +473,41 @@ impl MessagingCtx for ComponentCtx {
             )));
         }
         app.send(channel, Arc::new(event)).await
+    }
+}
+
+/// Counts a channel as waiting for its link while it lives.
+struct Unattached {
+    app: Weak<AppRuntime>,
+    channel: String,
+}
+
+impl Drop for Unattached {
+    fn drop(&mut self) {
+        let Some(app) = self.app.upgrade() else {
+            return;
+        };
+        let mut unattached = app.unattached.lock().unwrap();
+        if let Some(n) = unattached.get_mut(&self.channel) {
+            *n -= 1;
+            if *n == 0 {
+                unattached.remove(&self.channel);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl MessagingCtx for ComponentCtx {
+    async fn publish(&self, channel: WitChannel, event: Event) -> Result<(), MessagingError> {
+        let app = self.app()?;
+        let published = self.publish_to(&app, channel, event).await;
+        if let Err(e) = &published {
+            app.dispatcher
+                .metrics
+                .refused(&app.app.name, &self.component, e.case());
+        }
+        published
     }
 
     async fn subscribe(&self, channel: WitChannel) -> Result<String, MessagingError> {

@@ -68,7 +68,8 @@ impl Breaker {
         PAUSE.saturating_mul(1 << beyond.min(16)).min(MAX_PAUSE)
     }
 
-    fn is_open(&self) -> bool {
+    /// Whether it is open: new events one at a time.
+    pub fn is_open(&self) -> bool {
         self.failures.load(Ordering::Relaxed) >= OPEN_AFTER
     }
 }

@@ -36,6 +36,7 @@ use app::{BoundChannel, ComponentRuntime};
 use crate::broker::{Acknowledge, Delivery, Subscription};
 use crate::cloudevents::{Event, json};
 use crate::host::{HandlerFailure, Host};
+use crate::metrics::{DeliveryMetrics, DeliverySource, Metrics};
 use futures::FutureExt as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +46,8 @@ use tokio_util::task::TaskTracker;
 /// Runs handlers for every app of a provider and tracks them for shutdown.
 pub struct Dispatcher {
     host: Arc<Host>,
+    /// Counted as events flow.
+    pub metrics: Arc<Metrics>,
     tasks: TaskTracker,
     /// Cancelled to stop: no new deliveries are taken.
     stop: CancellationToken,
@@ -65,6 +68,7 @@ impl Dispatcher {
     pub fn new(host: Arc<Host>) -> Arc<Dispatcher> {
         Arc::new(Dispatcher {
             host,
+            metrics: Arc::default(),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             deadline: CancellationToken::new(),
@@ -101,8 +105,16 @@ impl Dispatcher {
         stop: CancellationToken,
     ) {
         let this = self.clone();
+        let spec = &channel.spec;
+        let metrics = Arc::new(self.metrics.delivery(&DeliverySource {
+            app: &component.app_name,
+            component: &component.spec.id,
+            channel: &spec.name,
+            link: &spec.link,
+            address: &spec.address,
+        }));
         self.tasks
-            .spawn(async move { this.pump(component, channel, sub, stop).await });
+            .spawn(async move { this.pump(component, channel, metrics, sub, stop).await });
     }
 
     /// Pulls deliveries only when a handler slot of the component is free,
@@ -113,6 +125,7 @@ impl Dispatcher {
         self: Arc<Self>,
         component: Arc<ComponentRuntime>,
         channel: Arc<BoundChannel>,
+        metrics: Arc<DeliveryMetrics>,
         mut sub: Box<dyn Subscription>,
         stop: CancellationToken,
     ) {
@@ -137,7 +150,8 @@ impl Dispatcher {
                 tracing::warn!(app = %component.app_name, component = %component.spec.id, channel = %channel.spec.name, "the broker ended the subscription");
                 return;
             };
-            self.spawn_handler(&component, &channel, delivery, permit);
+            metrics.received.inc();
+            self.spawn_handler(&component, &channel, &metrics, delivery, permit);
             // Competing consumers in this process take turns every few
             // deliveries (a yield per delivery cost a third of the embedded
             // relay's throughput).
@@ -146,7 +160,8 @@ impl Dispatcher {
                 tokio::task::yield_now().await;
             }
         }
-        self.settle_leftovers(&component, &channel, sub).await;
+        self.settle_leftovers(&component, &channel, &metrics, sub)
+            .await;
     }
 
     /// Handles a delivery in a task of its own, holding one of the
@@ -155,12 +170,21 @@ impl Dispatcher {
         self: &Arc<Self>,
         component: &Arc<ComponentRuntime>,
         channel: &Arc<BoundChannel>,
+        metrics: &Arc<DeliveryMetrics>,
         delivery: Delivery,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) {
-        let (this, component, channel) = (self.clone(), component.clone(), channel.clone());
+        let (this, component, channel, metrics) = (
+            self.clone(),
+            component.clone(),
+            channel.clone(),
+            metrics.clone(),
+        );
         self.tasks.spawn(async move {
-            this.handle(&component, &channel, delivery).await;
+            use std::sync::atomic::Ordering::Relaxed;
+            component.running.fetch_add(1, Relaxed);
+            this.handle(&component, &channel, &metrics, delivery).await;
+            component.running.fetch_sub(1, Relaxed);
             drop(slot);
         });
     }
@@ -172,6 +196,7 @@ impl Dispatcher {
         self: &Arc<Self>,
         component: &Arc<ComponentRuntime>,
         channel: &Arc<BoundChannel>,
+        metrics: &Arc<DeliveryMetrics>,
         mut sub: Box<dyn Subscription>,
     ) {
         sub.stop().await;
@@ -203,7 +228,8 @@ impl Dispatcher {
                     Err(_) => break,
                 },
             };
-            self.spawn_handler(component, channel, delivery, permit);
+            metrics.received.inc();
+            self.spawn_handler(component, channel, metrics, delivery, permit);
         }
         if self.deadline.is_cancelled() {
             // What is buffered still comes out at once; nothing may vanish
@@ -229,14 +255,16 @@ impl Dispatcher {
         &self,
         component: &ComponentRuntime,
         channel: &BoundChannel,
+        metrics: &DeliveryMetrics,
         delivery: Delivery,
     ) {
         let spec = &channel.spec;
         if let Some(reason) = delivery.malformed_reason().map(str::to_string) {
             // Not a valid CloudEvent: no handler sees it (see `inbound`).
+            metrics.malformed.inc();
             let (wrapper, _, ack) = delivery.into_shared_parts();
             return self
-                .dead_letter(component, channel, &wrapper, 0, &reason, ack)
+                .dead_letter(component, channel, metrics, &wrapper, 0, &reason, ack)
                 .await;
         }
         let (event, mut attempt, ack) = delivery.into_shared_parts();
@@ -263,11 +291,23 @@ impl Dispatcher {
                     attempt - 1
                 );
                 return self
-                    .dead_letter(component, channel, event, spec.max_attempts, &error, ack)
+                    .dead_letter(
+                        component,
+                        channel,
+                        metrics,
+                        event,
+                        spec.max_attempts,
+                        &error,
+                        ack,
+                    )
                     .await;
             }
-            let failure = match self.run(component, event, ack.as_ref()).await {
+            let running = std::time::Instant::now();
+            let ran = self.run(component, event, ack.as_ref()).await;
+            metrics.duration.observe(running.elapsed().as_secs_f64());
+            let failure = match ran {
                 Ok(()) => {
+                    metrics.handled.inc();
                     if component.breaker.succeeded() {
                         tracing::info!(app = %component.app_name, component = %component.spec.id, "a handler succeeded again: the component is back to full speed");
                     }
@@ -280,6 +320,7 @@ impl Dispatcher {
                 }
                 Err(failure) => failure,
             };
+            metrics.failed.inc();
             let HandlerFailure {
                 error,
                 link_trouble,
@@ -296,6 +337,7 @@ impl Dispatcher {
                 if !self.wait(wait, ack.as_ref()).await {
                     return self.give_back(component, channel, event, ack).await;
                 }
+                metrics.retried.inc();
                 continue;
             }
             tracing::warn!(
@@ -313,10 +355,11 @@ impl Dispatcher {
             }
             if attempt >= spec.max_attempts {
                 return self
-                    .dead_letter(component, channel, event, attempt, &error, ack)
+                    .dead_letter(component, channel, metrics, event, attempt, &error, ack)
                     .await;
             }
             let wait = spec.retry.after(attempt);
+            metrics.retried.inc();
             if ack.redelivers() {
                 if let Err(e) = ack.nack(wait).await {
                     tracing::warn!(event_id = %event.id, channel = %spec.name, "cannot hand the event back for a retry ({e}); the broker redelivers it once its own timeout passes");
@@ -373,10 +416,12 @@ impl Dispatcher {
 
     /// Sends an event that failed for good to the channel's dead-letter
     /// channel, or logs it in full; see the module docs.
+    #[allow(clippy::too_many_arguments)]
     async fn dead_letter(
         &self,
         component: &ComponentRuntime,
         channel: &BoundChannel,
+        metrics: &DeliveryMetrics,
         event: &Event,
         attempts: u32,
         error: &str,
@@ -397,6 +442,7 @@ impl Dispatcher {
                 "event dropped {}; it is logged here in full (declare `dead_letter` on the channel to keep such events)",
                 why_given_up(attempts, error)
             );
+            metrics.dropped.inc();
             let _ = ack.ack().await;
             return;
         };
@@ -418,6 +464,7 @@ impl Dispatcher {
             let refused = match app.send(dl, letter.clone()).await {
                 Ok(()) => {
                     tracing::warn!(app = %component.app_name, channel = %spec.name, event_id = %event.id, dead_letter = %dl.spec.name, "event dead-lettered {}", why_given_up(attempts, error));
+                    metrics.dead_lettered.inc();
                     let _ = ack.ack().await;
                     return;
                 }
@@ -433,6 +480,7 @@ impl Dispatcher {
                     "event dropped {}: the dead-letter channel `{}` refused it ({refused}); it is logged here in full",
                     why_given_up(attempts, error), dl.spec.name
                 );
+                metrics.dropped.inc();
                 let _ = ack.ack().await;
                 return;
             }

@@ -80,6 +80,11 @@ pub struct HostOptions {
     pub max_instances: u32,
     /// How components' instances are reused where their entries do not say.
     pub reuse: InstanceReuse,
+    /// A memory limit for every instance, below components' own `max_memory`
+    /// (Spin's `--max-instance-memory`).
+    pub max_instance_memory: Option<u64>,
+    /// Compile guests with DWARF debug info, for gdb or lldb (Spin's `--debug-info`).
+    pub debug_info: bool,
 }
 
 impl Default for HostOptions {
@@ -90,6 +95,8 @@ impl Default for HostOptions {
             handler_timeout: Duration::from_secs(30),
             max_instances: DEFAULT_MAX_INSTANCES,
             reuse: InstanceReuse::default(),
+            max_instance_memory: None,
+            debug_info: false,
         }
     }
 }
@@ -164,10 +171,12 @@ impl State {
     }
 }
 
-/// Stops an instance whose memory would grow past its component's limit,
-/// with an error that says so (and how to raise it).
+/// Stops an instance whose memory would grow past its limit, with an error
+/// that says so (and which setting raises it).
 struct MemoryLimit {
     max: u64,
+    /// The setting `max` comes from.
+    set_by: &'static str,
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimit {
@@ -179,9 +188,10 @@ impl wasmtime::ResourceLimiter for MemoryLimit {
     ) -> wasmtime::Result<bool> {
         if desired as u64 > self.max {
             wasmtime::bail!(
-                "the component's memory would grow to {}, over its limit of {} (`max_memory` in its [[trigger.messaging]] entry)",
+                "the component's memory would grow to {}, over its limit of {} ({})",
                 mib(desired as u64),
-                mib(self.max)
+                mib(self.max),
+                self.set_by
             );
         }
         Ok(true)
@@ -289,7 +299,10 @@ impl Host {
     /// allocator with room for `max_instances`, and the compiled-code cache.
     pub fn new(options: HostOptions) -> anyhow::Result<Host> {
         let mut config = Config::new();
-        config.wasm_component_model(true).epoch_interruption(true);
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .debug_info(options.debug_info);
         let cache = match &options.cache {
             CacheSetting::Disabled => None,
             CacheSetting::Default => Some(
@@ -571,8 +584,15 @@ impl Host {
                 deadline,
             },
             kv_handles: 0,
-            memory: MemoryLimit {
-                max: who.max_memory,
+            memory: match self.options.max_instance_memory {
+                Some(cap) if cap < who.max_memory => MemoryLimit {
+                    max: cap,
+                    set_by: "--max-instance-memory",
+                },
+                _ => MemoryLimit {
+                    max: who.max_memory,
+                    set_by: "`max_memory` in its [[trigger.messaging]] entry",
+                },
             },
             run: Run {
                 deadline,

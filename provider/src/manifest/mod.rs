@@ -6,7 +6,7 @@
 mod locked;
 pub mod runtime_config;
 mod spin;
-mod variables;
+pub mod variables;
 
 pub use crate::config::{ConfigError, ConfigErrors, KeyPath, TomlSource};
 pub use locked::{LockedAppLocation, load_locked_app, load_locked_app_with_links};

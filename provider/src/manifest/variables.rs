@@ -1,10 +1,95 @@
 //! Spin application variables: `[variables]` declares them, `{{ name }}`
-//! templates use them, and values come from `SPIN_VARIABLE_<NAME>`
-//! environment variables first, then the declared default (as Spin's
-//! environment provider does).
+//! templates use them, and values come from `spin up --variable` first,
+//! then `SPIN_VARIABLE_<NAME>` environment variables, then the declared
+//! default (Spin's order of providers).
 
+use anyhow::Context as _;
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// Values given with `--variable`, set once when the command line is read.
+static GIVEN: OnceLock<HashMap<String, String>> = OnceLock::new();
+
+/// Makes `--variable` values the first source of every variable in the
+/// process (the command line is read once; later calls change nothing).
+pub fn set_given(values: HashMap<String, String>) {
+    let _ = GIVEN.set(values);
+}
+
+fn given(name: &str) -> Option<String> {
+    GIVEN.get()?.get(name).cloned()
+}
+
+/// One `--variable` argument, as Spin takes it: `KEY=VALUE`, `KEY=@FILE`
+/// (the file's text), or `@FILE.json` / `@FILE.toml` (a table of names to
+/// strings).
+#[derive(Clone, Debug)]
+pub enum VariableSource {
+    /// `KEY=VALUE`.
+    Literal(String, String),
+    /// `KEY=@FILE`.
+    FileContent(String, PathBuf),
+    /// `@FILE.json`.
+    JsonFile(PathBuf),
+    /// `@FILE.toml`.
+    TomlFile(PathBuf),
+}
+
+impl std::str::FromStr for VariableSource {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix('@') {
+            let path = PathBuf::from(path);
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("json") => Ok(VariableSource::JsonFile(path)),
+                Some("toml") => Ok(VariableSource::TomlFile(path)),
+                _ => Err(format!(
+                    "variable files must end in .json or .toml (got {text:?})"
+                )),
+            }
+        } else if let Some((key, value)) = text.split_once('=') {
+            match value.strip_prefix('@') {
+                Some(path) => Ok(VariableSource::FileContent(key.into(), path.into())),
+                None => Ok(VariableSource::Literal(key.into(), value.into())),
+            }
+        } else {
+            Err(format!(
+                "expected KEY=VALUE, KEY=@FILE, @FILE.json or @FILE.toml (got {text:?})"
+            ))
+        }
+    }
+}
+
+impl VariableSource {
+    /// The values this source gives, reading its file if it names one.
+    pub fn read(&self) -> anyhow::Result<HashMap<String, String>> {
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--variable: cannot read {}", path.display()))
+        };
+        Ok(match self {
+            VariableSource::Literal(key, value) => [(key.clone(), value.clone())].into(),
+            VariableSource::FileContent(key, path) => [(key.clone(), read(path)?)].into(),
+            VariableSource::JsonFile(path) => {
+                serde_json::from_str(&read(path)?).with_context(|| {
+                    format!(
+                        "--variable: {} is not a JSON object of strings",
+                        path.display()
+                    )
+                })?
+            }
+            VariableSource::TomlFile(path) => toml::from_str(&read(path)?).with_context(|| {
+                format!(
+                    "--variable: {} is not a TOML table of strings",
+                    path.display()
+                )
+            })?,
+        })
+    }
+}
 
 /// A declared variable (`[variables] name = { default = "...", ... }`).
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -71,18 +156,23 @@ impl Variables {
     pub fn get(&self, name: &str) -> Result<String, String> {
         let env = format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase());
         if self.environment_only {
-            return std::env::var(&env)
-                .map_err(|_| format!("`{{{{ {name} }}}}` needs the environment variable {env}"));
+            return given(name)
+                .or_else(|| std::env::var(&env).ok())
+                .ok_or_else(|| {
+                    format!("`{{{{ {name} }}}}` needs `--variable {name}=...` or the environment variable {env}")
+                });
         }
         let decl = self
             .decls
             .get(name)
             .ok_or_else(|| format!("variable `{name}` is not declared in [variables]"))?;
-        if let Ok(value) = std::env::var(&env) {
+        if let Some(value) = given(name).or_else(|| std::env::var(&env).ok()) {
             return Ok(value);
         }
         decl.default.clone().ok_or_else(|| {
-            format!("variable `{name}` is required: set the environment variable {env}")
+            format!(
+                "variable `{name}` is required: set the environment variable {env} or give `--variable {name}=...`"
+            )
         })
     }
 

@@ -15,7 +15,10 @@ pub mod publish;
 pub mod settings;
 pub mod subscribe;
 
-use super::{Broker, BrokerError, ChannelNames, Invalid, MakeBroker, SubscribeMode, Subscription};
+use super::{
+    Broker, BrokerError, ChannelNames, ConnectivityState, Invalid, MakeBroker, SubscribeMode,
+    Subscription,
+};
 use crate::cloudevents::Event;
 use async_trait::async_trait;
 use publish::Publisher;
@@ -56,6 +59,12 @@ struct KafkaBroker {
 
 #[async_trait]
 impl Broker for KafkaBroker {
+    /// Down once librdkafka finds every broker down; up again at the next
+    /// record read, publish confirmed or topic checked.
+    fn connectivity(&self) -> ConnectivityState {
+        self.publisher.connectivity.state()
+    }
+
     fn max_payload(&self) -> Option<usize> {
         usize::try_from(self.publisher.settings.max_payload).ok()
     }

@@ -4,7 +4,7 @@
 
 use super::settings::KafkaSettings;
 use super::subscribe::LinkContext;
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, Connectivity};
 use crate::cloudevents::Event;
 use crate::cloudevents::kafka::{self as binding, Record};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -37,17 +37,20 @@ pub struct Publisher {
     pub(super) closing: CancellationToken,
     /// The queue subscriptions' committers, awaited when the link closes.
     pub(super) committers: TaskTracker,
+    /// The link's, shared with its consumers.
+    pub(super) connectivity: Arc<Connectivity>,
 }
 
 impl Publisher {
     /// Makes the producer and the admin client; neither connects before use.
     pub fn new(link: &str, settings: &KafkaSettings) -> anyhow::Result<Arc<Publisher>> {
+        let connectivity = Arc::new(Connectivity::default());
         let producer = settings
             .producer_config()
-            .create_with_context(LinkContext::new(link, None))?;
+            .create_with_context(LinkContext::new(link, None, connectivity.clone()))?;
         let admin = settings
             .client_config()
-            .create_with_context(LinkContext::new(link, None))?;
+            .create_with_context(LinkContext::new(link, None, connectivity.clone()))?;
         Ok(Arc::new(Publisher {
             link: link.into(),
             settings: settings.clone(),
@@ -56,6 +59,7 @@ impl Publisher {
             known: Mutex::default(),
             closing: CancellationToken::new(),
             committers: TaskTracker::new(),
+            connectivity,
         }))
     }
 
@@ -85,7 +89,7 @@ impl Publisher {
             crate::timeout::timeout(timeout, self.producer.send(out, Timeout::After(timeout)))
                 .await
                 .map_err(|_| BrokerError::unconfirmed("Kafka", timeout))?;
-        sent.map(drop)
+        sent.map(|_| self.connectivity.connected())
             .map_err(|(e, _)| self.refused(topic, size, e))
     }
 
@@ -141,6 +145,7 @@ impl Publisher {
                 )));
             }
         }
+        self.connectivity.connected();
         self.known.lock().unwrap().insert(topic.to_string());
         Ok(())
     }

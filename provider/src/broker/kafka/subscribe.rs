@@ -16,7 +16,9 @@
 //! and takes nothing from anyone.
 
 use super::publish::{ATTEMPT_HEADER, DUE_HEADER, Publisher};
-use crate::broker::{Acknowledge, BrokerError, Delivery, NothingToSettle, Subscription};
+use crate::broker::{
+    Acknowledge, BrokerError, Connectivity, Delivery, NothingToSettle, Subscription,
+};
 use crate::cloudevents::Event;
 use crate::cloudevents::inbound::{self, Malformed, Received};
 use crate::cloudevents::kafka as binding;
@@ -47,15 +49,22 @@ pub struct LinkContext {
     link: String,
     last_error: Mutex<Option<String>>,
     tracker: Option<Arc<Tracker>>,
+    /// The link's: told when librdkafka finds every broker down.
+    connectivity: Arc<Connectivity>,
 }
 
 impl LinkContext {
     /// A context for the link's clients; `tracker` for a queue consumer.
-    pub fn new(link: &str, tracker: Option<Arc<Tracker>>) -> LinkContext {
+    pub fn new(
+        link: &str,
+        tracker: Option<Arc<Tracker>>,
+        connectivity: Arc<Connectivity>,
+    ) -> LinkContext {
         LinkContext {
             link: link.into(),
             last_error: Mutex::default(),
             tracker,
+            connectivity,
         }
     }
 }
@@ -66,6 +75,9 @@ impl ClientContext for LinkContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            self.connectivity.lost();
+        }
         let reason = format!("{error}: {reason}");
         let mut last = self.last_error.lock().unwrap();
         if last.as_ref() != Some(&reason) {
@@ -272,7 +284,11 @@ impl QueueSubscription {
             .set("session.timeout.ms", session.to_string())
             .set("heartbeat.interval.ms", (session / 3).max(100).to_string());
         let consumer: StreamConsumer<LinkContext> = config
-            .create_with_context(LinkContext::new(link, Some(tracker.clone())))
+            .create_with_context(LinkContext::new(
+                link,
+                Some(tracker.clone()),
+                publisher.connectivity.clone(),
+            ))
             .map_err(|e| BrokerError::Other(format!("Kafka link `{link}`: {e}")))?;
         consumer
             .subscribe(&[address, retry_topic])
@@ -435,7 +451,10 @@ impl Poller {
                 m = self.consumer.recv() => m,
             };
             let pending = match received {
-                Ok(m) => self.pending(&m),
+                Ok(m) => {
+                    self.consumer.context().connectivity.connected();
+                    self.pending(&m)
+                }
                 Err(e) => {
                     self.tracker.failed(&self.link, &self.address, e);
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -626,7 +645,11 @@ impl TopicSubscription {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
         let consumer: StreamConsumer<LinkContext> = config
-            .create_with_context(LinkContext::new(&link, None))
+            .create_with_context(LinkContext::new(
+                &link,
+                None,
+                publisher.connectivity.clone(),
+            ))
             .map_err(|e| BrokerError::Other(format!("Kafka link `{link}`: {e}")))?;
         let timeout = publisher.settings.publish_timeout;
         let topic = address.to_string();
@@ -659,6 +682,7 @@ impl Subscription for TopicSubscription {
             let consumer = self.consumer.as_ref().filter(|_| !self.stopping)?;
             let failed = match consumer.recv().await {
                 Ok(m) => {
+                    consumer.context().connectivity.connected();
                     let admitted = admit(&m, &raw_headers(&m), (&self.link, &self.address));
                     self.failure = None;
                     return Some(Delivery::received(admitted, 1, Box::new(NothingToSettle)));
