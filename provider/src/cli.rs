@@ -410,6 +410,17 @@ pub fn main() -> ExitCode {
     };
     init_logging();
     raise_open_file_limit();
+    // Before the runtime: the OTLP exporter's HTTP client blocks.
+    if matches!(command, Command::Up(_) | Command::SpinLaunch(_)) {
+        match crate::traces::init_from_env() {
+            Ok(true) => tracing::info!("traces are exported over OTLP (OTEL_EXPORTER_OTLP_*)"),
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
     let result = runtime.block_on(async {
         match command {
@@ -420,6 +431,8 @@ pub fn main() -> ExitCode {
             Command::Status(args) => status(args).await,
         }
     });
+    drop(runtime);
+    crate::traces::shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

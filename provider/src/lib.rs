@@ -25,5 +25,6 @@ pub mod metrics;
 pub mod provider;
 pub mod stages;
 pub mod timeout;
+pub mod traces;
 
 pub use provider::{Provider, ProviderOptions};

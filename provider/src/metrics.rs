@@ -152,7 +152,8 @@ impl Metrics {
             .insert(link.to_string(), messaging_system(link_type));
     }
 
-    fn system(&self, link: &str) -> &'static str {
+    /// A link's `messaging_system`, as [`Metrics::add_link`] recorded it.
+    pub fn system(&self, link: &str) -> &'static str {
         self.systems
             .lock()
             .unwrap()

@@ -28,4 +28,5 @@ mod redis;
 mod samples;
 mod spin;
 mod tls;
+mod traces;
 mod variables;

@@ -359,7 +359,7 @@ pub async fn ask(
 
 // The `trigger-messaging` binary, run as users run it.
 
-const BIN: &str = env!("CARGO_BIN_EXE_trigger-messaging");
+pub const BIN: &str = env!("CARGO_BIN_EXE_trigger-messaging");
 
 /// A running command whose output lines are collected as they come.
 pub struct Running {

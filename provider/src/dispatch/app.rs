@@ -40,6 +40,20 @@ pub(crate) struct BoundChannel {
     link: Arc<dyn Broker>,
     declared: OnceCell<()>,
     sends: SendMetrics,
+    /// Its link's `messaging.system`, for spans.
+    pub system: &'static str,
+}
+
+impl BoundChannel {
+    /// Where its spans happen.
+    pub fn place<'a>(&'a self, app: &'a str) -> crate::traces::Place<'a> {
+        crate::traces::Place {
+            app,
+            channel: &self.spec.name,
+            system: self.system,
+            address: &self.spec.address,
+        }
+    }
 }
 
 /// A component of an app, prepared to run.
@@ -79,6 +93,7 @@ impl AppRuntime {
                 )
             })?;
             let bound = BoundChannel {
+                system: dispatcher.metrics.system(&channel.link),
                 sends: dispatcher.metrics.send(
                     &app.name,
                     &channel.name,
@@ -399,12 +414,25 @@ impl AppRuntime {
             }
         }
         self.declare(channel).await?;
+        let mut event = event;
+        let span = match crate::traces::enabled() {
+            true => {
+                let mut traced = (*event).clone();
+                let span = crate::traces::send(&mut traced, &channel.place(&self.app.name));
+                event = Arc::new(traced);
+                span
+            }
+            false => None,
+        };
         let publishing = crate::stages::start();
         let started = std::time::Instant::now();
         let published = channel
             .link
             .publish_checked(&channel.spec.address, event)
             .await;
+        if let Some(span) = span {
+            span.end(published.as_ref().err().map(|e| e.to_string()).as_deref());
+        }
         crate::stages::record(crate::stages::Stage::Publish, publishing);
         if published.is_ok() {
             channel

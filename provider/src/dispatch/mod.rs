@@ -302,9 +302,22 @@ impl Dispatcher {
                     )
                     .await;
             }
+            let span = match crate::traces::enabled() {
+                true => crate::traces::process(
+                    event,
+                    &component.spec.id,
+                    &channel.place(&component.app_name),
+                ),
+                false => None,
+            };
             let running = std::time::Instant::now();
-            let ran = self.run(component, event, ack.as_ref()).await;
+            let ran = self
+                .run(component, event, ack.as_ref(), span.as_ref())
+                .await;
             metrics.duration.observe(running.elapsed().as_secs_f64());
+            if let Some(span) = span {
+                span.end(ran.as_ref().err().map(|f| f.error.as_str()));
+            }
             let failure = match ran {
                 Ok(()) => {
                     metrics.handled.inc();
@@ -380,8 +393,10 @@ impl Dispatcher {
         component: &ComponentRuntime,
         event: &Event,
         ack: &dyn Acknowledge,
+        span: Option<&crate::traces::Span>,
     ) -> Result<(), HandlerFailure> {
-        let handler = self.host.handle(&component.instances, event);
+        let trace = span.map(|span| Arc::new(span.headers()));
+        let handler = self.host.handle(&component.instances, event, trace);
         let Some(every) = ack.keep_alive_every() else {
             return handler.await;
         };

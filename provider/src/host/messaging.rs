@@ -215,7 +215,11 @@ impl bindings::types::Host for State {}
 impl bindings::publish::Host for State {
     async fn publish(&mut self, c: Channel, e: WitEvent) -> wasmtime::Result<Result<(), WitError>> {
         let publishing = crate::stages::start();
-        let result = self.messaging.publish(c, e.into()).await;
+        let mut event: Event = e.into();
+        if let Some(trace) = &self.run.trace {
+            crate::traces::set_context(&mut event, &trace.0, &trace.1);
+        }
+        let result = self.messaging.publish(c, event).await;
         if let Some(since) = publishing {
             self.run.publishing += since.elapsed();
         }

@@ -151,16 +151,26 @@ struct Run {
     link_trouble: Option<String>,
     /// Time spent in `publish` calls, when stages are timed.
     publishing: Duration,
+    /// The handler run's trace context (`traceparent`, `tracestate`), when
+    /// traces are on: what its publishes and outbound requests carry.
+    trace: Option<Arc<(String, String)>>,
 }
 
 impl State {
     /// Starts the run of the next event.
-    fn begin(&mut self, deadline: Instant, lane: Arc<lanes::Run>) {
+    fn begin(
+        &mut self,
+        deadline: Instant,
+        lane: Arc<lanes::Run>,
+        trace: Option<Arc<(String, String)>>,
+    ) {
         self.run.deadline = deadline;
         self.run.lane = lane;
         self.run.link_trouble = None;
         self.run.publishing = Duration::ZERO;
         self.outbound.deadline = deadline;
+        self.outbound.trace.clone_from(&trace);
+        self.run.trace = trace;
     }
 
     fn timed_out(&self) -> String {
@@ -441,7 +451,13 @@ impl Host {
     /// Runs `on-receive` for one event in a warm instance of the component,
     /// or a new one, within the handler timeout (counted from the moment
     /// the instance is taken or its creation begins).
-    pub async fn handle(&self, instances: &Instances, event: &Event) -> Result<(), HandlerFailure> {
+    /// `trace` is the run's trace context, when traces are on.
+    pub async fn handle(
+        &self,
+        instances: &Instances,
+        event: &Event,
+        trace: Option<Arc<(String, String)>>,
+    ) -> Result<(), HandlerFailure> {
         let taking = stages::start();
         let warm = instances.take();
         if warm.is_some() {
@@ -476,7 +492,7 @@ impl Host {
                 }
             };
             warm.uses += 1;
-            warm.store.data_mut().begin(deadline, lane.clone());
+            warm.store.data_mut().begin(deadline, lane.clone(), trace);
             warm.store
                 .set_epoch_deadline(if lane.starts_long() { 0 } else { 1 });
             // SAFETY: `instantiate` checked this function's type as
@@ -582,6 +598,7 @@ impl Host {
             outbound: outbound_http::OutboundHttp {
                 grants: who.grants.clone(),
                 deadline,
+                trace: None,
             },
             kv_handles: 0,
             memory: match self.options.max_instance_memory {
@@ -600,6 +617,7 @@ impl Host {
                 lane: lane.clone(),
                 link_trouble: None,
                 publishing: Duration::ZERO,
+                trace: None,
             },
         };
         let mut store = Store::new(&self.engine, state);

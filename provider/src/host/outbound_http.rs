@@ -17,6 +17,8 @@ pub struct OutboundHttp {
     pub(super) grants: Arc<Grants>,
     /// When the handler timeout ends.
     pub(super) deadline: Instant,
+    /// The run's trace context, sent as `traceparent` / `tracestate`.
+    pub(super) trace: Option<Arc<(String, String)>>,
 }
 
 /// The future `send_request` returns.
@@ -55,6 +57,20 @@ impl WasiHttpHooks for OutboundHttp {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let options = within(options.unwrap_or_default(), self.deadline);
+        let mut request = request;
+        if let Some(trace) = &self.trace {
+            let headers = request.headers_mut();
+            for (name, value) in [
+                (crate::traces::TRACEPARENT, &trace.0),
+                (crate::traces::TRACESTATE, &trace.1),
+            ] {
+                if let Ok(value) = http::HeaderValue::from_str(value)
+                    && !value.is_empty()
+                {
+                    headers.insert(name, value);
+                }
+            }
+        }
         // Allowed: sent as wasmtime-wasi-http sends it, within our limits.
         wasmtime_wasi_http::default_hooks().send_request(request, Some(options), fut)
     }
