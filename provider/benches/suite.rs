@@ -16,7 +16,7 @@
 //! |---|---|
 //! | `--quick` | small N, one run, short phases: every section exercised |
 //! | `--links embedded,nats,jetstream,mqtt,redis-pubsub,redis-streams,amqp` | the rows of the relay section (default: all) |
-//! | `--sections relay,languages,startup,many-apps,flat,soak,baseline` | the sections to run (default: all; `baseline` only with `--baseline-bin`) |
+//! | `--sections relay,languages,startup,many-apps,flat,soak,baseline,metrics` | the sections to run (default: all; `baseline` only with `--baseline-bin`) |
 //! | `--runs K` | runs per figure (default 3, quick 1); figures are `median (min–max)` |
 //! | `--events N` | events per relay run (default 20,000, quick 500) |
 //! | `--provider-bin PATH` | the `trigger-messaging` measured out of process (default: this build's) |

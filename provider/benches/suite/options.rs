@@ -24,11 +24,13 @@ pub enum Section {
     Soak,
     /// This build against an earlier one (`--baseline-bin`), out of process.
     Baseline,
+    /// What the metrics add to one event.
+    Metrics,
 }
 
 impl Section {
     /// Every section, in running order.
-    pub const ALL: [Section; 7] = [
+    pub const ALL: [Section; 8] = [
         Section::Relay,
         Section::Languages,
         Section::Startup,
@@ -36,6 +38,7 @@ impl Section {
         Section::Flat,
         Section::Soak,
         Section::Baseline,
+        Section::Metrics,
     ];
 
     /// The name `--sections` takes.
@@ -48,6 +51,7 @@ impl Section {
             Section::Flat => "flat",
             Section::Soak => "soak",
             Section::Baseline => "baseline",
+            Section::Metrics => "metrics",
         }
     }
 

@@ -11,6 +11,8 @@ pub mod flat;
 pub mod languages;
 /// Memory and start time with many apps.
 pub mod many_apps;
+/// The metrics' cost per event.
+pub mod metrics;
 /// Provider vs native, per link.
 pub mod relay;
 /// Memory under a long steady load.
@@ -43,6 +45,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
             Section::Flat => flat::run(options, &mut report).await,
             Section::Soak => soak::run(options, &mut report).await,
             Section::Baseline => baseline::run(options, &mut report).await,
+            Section::Metrics => metrics::run(options, &mut report).await,
         }
         .with_context(|| format!("section `{}`", section.name()))?;
         eprintln!(
