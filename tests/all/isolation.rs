@@ -391,19 +391,11 @@ max_memory = "256 MiB""#,
         "kind = \"queue\", address = \"capped.inbox\", max_attempts = 1, dead_letter = \"dlq\"",
     );
     std::fs::write(&app.manifest, text).unwrap();
-    init_logging();
-    let provider = messaging_provider::Provider::load(messaging_provider::ProviderOptions {
-        manifests: vec![app.manifest.clone()],
-        host: messaging_provider::host::HostOptions {
-            max_instance_memory: Some(48 << 20),
-            ..test_host()
-        },
-        output: quiet(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    provider.start().await.unwrap();
+    let host = messaging_provider::host::HostOptions {
+        max_instance_memory: Some(48 << 20),
+        ..test_host()
+    };
+    let provider = start_with_host(&app.manifest, host).await;
     let mut results = watch(&provider, "capped", "results").await;
     let mut dlq = watch(&provider, "capped", "dlq").await;
     let mut small = event("small", "probe.hog");

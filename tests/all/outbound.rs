@@ -157,19 +157,11 @@ api_port = { required = true }"#,
 async fn a_slow_server_times_out_within_the_handler_timeout() {
     let port = api_server().await;
     let app = outbound_app("patient", &format!(r#"["http://127.0.0.1:{port}"]"#), "");
-    init_logging();
-    let provider = messaging_provider::Provider::load(messaging_provider::ProviderOptions {
-        manifests: vec![app.manifest.clone()],
-        host: messaging_provider::host::HostOptions {
-            handler_timeout: Duration::from_secs(3),
-            ..test_host()
-        },
-        output: quiet(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    provider.start().await.unwrap();
+    let host = messaging_provider::host::HostOptions {
+        handler_timeout: Duration::from_secs(3),
+        ..test_host()
+    };
+    let provider = start_with_host(&app.manifest, host).await;
     let mut results = watch(&provider, "patient", "results").await;
     let start = Instant::now();
     let (case, data) = ask(

@@ -351,27 +351,33 @@ fn wait_until(condition: impl Fn() -> bool) {
     }
 }
 
-#[test]
-fn variables_in_the_lock_resolve_from_defaults_then_spin_variable_environment() {
-    guests();
-    let app = write_app(
+/// An app whose channel addresses take `stage` (default `dev`) and `team`
+/// (required) from its variables.
+fn variables_app(name: &str) -> AppDir {
+    write_app(&format!(
         r#"spin_manifest_version = 2
 [application]
-name = "vars"
+name = "{name}"
 [variables]
-stage = { default = "dev" }
-team = { required = true }
+stage = {{ default = "dev" }}
+team = {{ required = true }}
 [application.trigger.messaging.channels]
-inbox = { kind = "queue", address = "{{ stage }}.vars.inbox" }
-results = { kind = "topic", address = "{{ team }}.vars.results" }
+inbox = {{ kind = "queue", address = "{{{{ stage }}}}.{name}.inbox" }}
+results = {{ kind = "topic", address = "{{{{ team }}}}.{name}.results" }}
 [[trigger.messaging]]
 component = "probe"
 subscriptions = ["inbox"]
 publish = ["results"]
 [component.probe]
-source = "{probe}"
-"#,
-    );
+source = "{{probe}}"
+"#
+    ))
+}
+
+#[test]
+fn variables_in_the_lock_resolve_from_defaults_then_spin_variable_environment() {
+    guests();
+    let app = variables_app("vars");
     let spin = SpinUp::new(&lock_of(&app.manifest), Some(app.dir.path()));
     let mut launched = Running::adopt(
         spin.command(BIN, &["--state-dir", ""])
@@ -401,24 +407,7 @@ source = "{probe}"
 #[test]
 fn spin_variable_flags_come_before_the_environment_and_read_files() {
     guests();
-    let app = write_app(
-        r#"spin_manifest_version = 2
-[application]
-name = "flagged"
-[variables]
-stage = { default = "dev" }
-team = { required = true }
-[application.trigger.messaging.channels]
-inbox = { kind = "queue", address = "{{ stage }}.flagged.inbox" }
-results = { kind = "topic", address = "{{ team }}.flagged.results" }
-[[trigger.messaging]]
-component = "probe"
-subscriptions = ["inbox"]
-publish = ["results"]
-[component.probe]
-source = "{probe}"
-"#,
-    );
+    let app = variables_app("flagged");
     let dir = app.dir.path();
     std::fs::write(dir.join("vars.json"), r#"{"stage": "qa", "team": "green"}"#).unwrap();
     std::fs::write(dir.join("team.txt"), "red").unwrap();

@@ -255,6 +255,21 @@ pub async fn start(manifests: &[&Path], runtime_config: Option<&Path>) -> Provid
     provider
 }
 
+/// Loads and starts a provider of one app whose host runs with `host`.
+pub async fn start_with_host(manifest: &Path, host: HostOptions) -> Provider {
+    init_logging();
+    let provider = Provider::load(ProviderOptions {
+        manifests: vec![manifest.to_path_buf()],
+        host,
+        output: quiet(),
+        ..ProviderOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the provider did not load: {e:#}"));
+    provider.start().await.unwrap();
+    provider
+}
+
 /// A watch on a channel, collecting events with a deadline.
 pub struct Watch(pub Box<dyn Subscription>);
 

@@ -302,14 +302,11 @@ impl Dispatcher {
                     )
                     .await;
             }
-            let span = match crate::traces::enabled() {
-                true => crate::traces::process(
-                    event,
-                    &component.spec.id,
-                    &channel.place(&component.app_name),
-                ),
-                false => None,
-            };
+            let span = crate::traces::process(
+                event,
+                &component.spec.id,
+                &channel.place(&component.app_name),
+            );
             let running = std::time::Instant::now();
             let ran = self
                 .run(component, event, ack.as_ref(), span.as_ref())
