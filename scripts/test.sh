@@ -59,7 +59,7 @@ fi
 # fault and isolation tests run in short versions here; scripts/faults.sh
 # runs them at full length.
 cargo test --workspace -- --skip isolation::a_good_app
-cargo test -p wasi-messaging-provider --test all -- isolation::a_good_app --nocapture
+cargo test --workspace --test all -- isolation::a_good_app --nocapture
 # The benchmark suite's quick form (small N, one run, every section, every
 # link), so that it does not rot; `cargo bench --bench suite` is the full one.
-cargo test -p wasi-messaging-provider --bench suite
+cargo test --workspace --bench suite

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// One app: its channels and the components that handle them.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct App {
     /// The app's name, from `[application] name`; unique within a provider.
     pub name: String,
@@ -71,7 +71,7 @@ pub struct Channel {
 }
 
 /// A component with a `[[trigger.messaging]]` entry, and what it may do.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ComponentSpec {
     /// The component id in the manifest.
     pub id: String,

@@ -11,6 +11,7 @@ use crate::http::access::{self, ApiToken, ApiTokens};
 use crate::manifest::variables::VariableSource;
 use crate::manifest::{LockedAppLocation, RuntimeConfig, load_locked_app_with_links};
 use crate::provider::{Follow, OutputOptions, Provider, ProviderOptions, UserPath};
+use crate::reload::ReloadTriggers;
 use anyhow::Context as _;
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use futures::StreamExt as _;
@@ -55,6 +56,10 @@ pub struct UpArgs {
     /// An app manifest (spin.toml) or a directory holding one; repeat for several apps.
     #[arg(short = 'f', long = "from", value_name = "MANIFEST")]
     manifests: Vec<PathBuf>,
+    /// Reload an app when its spin.toml, a component's wasm file or the
+    /// runtime config changes (SIGHUP reloads too, with or without it).
+    #[arg(long)]
+    watch: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -583,6 +588,8 @@ impl RunArgs {
                 provider.app(app).is_some(),
                 "--app-token-file {given:?}: no app `{app}` is loaded (loaded: {})",
                 provider
+                    .loaded()
+                    .load()
                     .apps()
                     .keys()
                     .cloned()
@@ -644,7 +651,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         manifests: args.manifests.clone(),
         ..args.run.options()
     };
-    run(options, &args.run).await
+    run(options, &args.run, args.watch).await
 }
 
 /// Launched by `spin up`: answer Spin's queries, or run the locked app.
@@ -706,11 +713,12 @@ pub async fn spin_launch(args: SpinLaunchArgs) -> anyhow::Result<()> {
         load_locked_app_with_links(&locked, &config)?;
         return Ok(());
     }
-    run(options, &args.run).await
+    run(options, &args.run, false).await
 }
 
-/// Loads, prints what was loaded, runs until a stop signal, drains, exits.
-async fn run(options: ProviderOptions, args: &RunArgs) -> anyhow::Result<()> {
+/// Loads, prints what was loaded, runs (reloading on SIGHUP, and on file
+/// changes with `watch`) until a stop signal, drains, exits.
+async fn run(options: ProviderOptions, args: &RunArgs, watch: bool) -> anyhow::Result<()> {
     // Listening from the start: a stop asked for while apps load or start is
     // taken once they have started, instead of killing the process.
     let mut stop = StopSignal::listen()?;
@@ -765,8 +773,17 @@ async fn run(options: ProviderOptions, args: &RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    println!("Ready: press Ctrl+C to stop.");
-    stop.recv().await;
+    let mut reloads = ReloadTriggers::listen(&provider, watch)?;
+    match watch {
+        true => println!("Ready: press Ctrl+C to stop; watching the app's files for changes."),
+        false => println!("Ready: press Ctrl+C to stop."),
+    }
+    loop {
+        tokio::select! {
+            _ = stop.recv() => break,
+            cause = reloads.next() => reloads.reload(&provider, cause).await,
+        }
+    }
     tracing::info!(
         "stopping: no new messages are taken; waiting up to {} for handlers under way",
         humantime::format_duration(args.shutdown_timeout)

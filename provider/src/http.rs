@@ -33,8 +33,9 @@ pub mod tls;
 use crate::cloudevents::{self, Event, json};
 use crate::dispatch::AppRuntime;
 use crate::host::MessagingError;
-use crate::provider::{Operations, Provider};
+use crate::provider::{Loaded, Operations, Provider};
 use access::{ApiTokens, Caller, Refusal};
+use arc_swap::ArcSwap;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Extension, Path, Request, State};
@@ -48,7 +49,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use http_body_util::BodyExt as _;
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -113,7 +113,8 @@ impl Default for EndpointOptions {
 /// the endpoint closing, and the endpoint's bounds.
 #[derive(Clone)]
 struct Shared {
-    apps: Arc<BTreeMap<String, Arc<AppRuntime>>>,
+    /// The apps as they run now (a reload swaps them).
+    loaded: Arc<ArcSwap<Loaded>>,
     operations: Arc<Operations>,
     stopping: CancellationToken,
     closing: CancellationToken,
@@ -151,7 +152,7 @@ fn router_with(
     routes: Routes,
 ) -> Router {
     let shared = Shared {
-        apps: Arc::new(provider.apps().clone()),
+        loaded: provider.loaded().clone(),
         operations: provider.operations().clone(),
         stopping,
         closing,
@@ -608,10 +609,11 @@ fn find_app(shared: &Shared, caller: &Caller, name: &str) -> Result<Arc<AppRunti
             "forbidden",
         ));
     }
-    shared.apps.get(name).cloned().ok_or_else(|| {
+    let loaded = shared.loaded.load();
+    loaded.apps().get(name).cloned().ok_or_else(|| {
         let known: Vec<&str> = match caller {
             Caller::App(own) => vec![own.as_str()],
-            _ => shared.apps.keys().map(String::as_str).collect(),
+            _ => loaded.apps().keys().map(String::as_str).collect(),
         };
         ApiError(
             StatusCode::NOT_FOUND,

@@ -23,6 +23,7 @@ pub mod keyvalue;
 pub mod manifest;
 pub mod metrics;
 pub mod provider;
+pub mod reload;
 pub mod stages;
 pub mod timeout;
 pub mod traces;

@@ -3,11 +3,12 @@
 use crate::app::App;
 use crate::broker::{Broker, LinkRegistry};
 use crate::dispatch::{AppRuntime, Dispatcher, DrainReport};
-use crate::host::{ComponentOutput, Grants, Host, HostOptions};
+use crate::host::{ComponentOutput, Grants, Host, HostOptions, PreparedComponent};
 use crate::keyvalue::{DEFAULT_STORE, KeyValueStore, StoreConfig, Stores};
 use crate::manifest::{self, ConfigError, ConfigErrors, LockedAppLocation, RuntimeConfig};
 use crate::metrics::{LinkSample, StateSample};
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -142,15 +143,36 @@ impl OutputOptions {
     }
 }
 
-/// Apps loaded, links connected, ready to start.
+/// Apps loaded, links connected, ready to start; reloaded in place.
 pub struct Provider {
-    apps: BTreeMap<String, Arc<AppRuntime>>,
-    links: BTreeMap<String, LoadedLink>,
-    /// The key-value stores the apps' components use: (app, label) and
-    /// where the data is.
-    stores: BTreeMap<(String, String), String>,
+    options: ProviderOptions,
     dispatcher: Arc<Dispatcher>,
+    /// What runs now; a reload swaps it whole.
+    loaded: Arc<ArcSwap<Loaded>>,
+    /// Opened once per SQLite file for the provider's life, reloads included.
+    stores: Stores,
     operations: Arc<Operations>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
+    /// Links a reload replaced, closed once the old versions using them are
+    /// done (or at shutdown).
+    replaced_links: Arc<std::sync::Mutex<Vec<Arc<dyn Broker>>>>,
+}
+
+/// What runs now: the apps, the links they use and their key-value stores.
+#[derive(Default)]
+pub struct Loaded {
+    apps: BTreeMap<String, Arc<AppRuntime>>,
+    links: BTreeMap<String, Arc<LoadedLink>>,
+    /// By (app, label).
+    stores: BTreeMap<(String, String), OpenStore>,
+}
+
+impl Loaded {
+    /// The apps, by name.
+    pub fn apps(&self) -> &BTreeMap<String, Arc<AppRuntime>> {
+        &self.apps
+    }
 }
 
 /// What the operations routes (`/metrics`, `/readyz`) read, shared with
@@ -160,15 +182,66 @@ pub struct Operations {
     registry: prometheus_client::registry::Registry,
     /// Set once every app has started.
     started: AtomicBool,
-    apps: Vec<Arc<AppRuntime>>,
-    links: Vec<(String, Arc<dyn Broker>)>,
+    loaded: Arc<ArcSwap<Loaded>>,
 }
 
 /// A connected link, with what people and metrics are told about it.
 struct LoadedLink {
     description: String,
     link_type: &'static str,
+    /// Its runtime-config table: while that is unchanged, a reload keeps
+    /// the connection.
+    settings: toml::Value,
     broker: Arc<dyn Broker>,
+}
+
+/// A key-value store an app opened, with the settings it was opened with.
+#[derive(Clone)]
+struct OpenStore {
+    config: StoreConfig,
+    store: Arc<dyn KeyValueStore>,
+    description: String,
+}
+
+/// What a reload changed, for people.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Apps loaded for the first time.
+    pub added: Vec<String>,
+    /// Apps whose manifest, components, links or stores changed.
+    pub changed: Vec<String>,
+    /// Apps no longer loaded.
+    pub removed: Vec<String>,
+    /// Links connected anew (new, or their settings changed).
+    pub reconnected: Vec<String>,
+}
+
+impl Reloaded {
+    /// Whether the reload found nothing to change.
+    pub fn is_empty(&self) -> bool {
+        *self == Reloaded::default()
+    }
+}
+
+impl std::fmt::Display for Reloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_empty() {
+            return f.write_str("nothing changed");
+        }
+        let mut parts = Vec::new();
+        for (what, names) in [
+            ("app added", &self.added),
+            ("app reloaded", &self.changed),
+            ("app removed", &self.removed),
+            ("link connected anew", &self.reconnected),
+        ] {
+            if !names.is_empty() {
+                let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+                parts.push(format!("{what}: {}", quoted.join(", ")));
+            }
+        }
+        f.write_str(&parts.join("; "))
+    }
 }
 
 /// Whether the provider is ready for work, and if not, why: what `/readyz`
@@ -205,116 +278,39 @@ impl Readiness {
     }
 }
 
+/// A set of apps read from the files, compiled and bound to connected
+/// links, not yet running.
+struct Assembled {
+    loaded: Loaded,
+    /// Apps new or changed (the others are the running versions).
+    fresh: Vec<String>,
+    /// Links connected for it (the others are the running connections).
+    connected: Vec<String>,
+}
+
 impl Provider {
     /// Reads every manifest and the runtime config (reporting every mistake
     /// in them at once), compiles the components and connects the links the
     /// apps use. Nothing runs until [`Provider::start`].
     pub async fn load(options: ProviderOptions) -> anyhow::Result<Provider> {
-        let registry = LinkRegistry::default();
-        let config = RuntimeConfig::load_files(
-            options.runtime_config.as_deref(),
-            options.messaging_runtime_config.as_deref(),
-            &registry,
-        )?;
-        let output = options.output.clone().with_runtime_config(&config);
-        let apps = match &options.locked {
-            Some(locked) => vec![manifest::load_locked_app_with_links(locked, &config)?],
-            None => load_apps(&options.manifests, &config)?,
-        };
-
         let host = Arc::new(Host::new(options.host.clone())?);
-        let dispatcher = Dispatcher::new(host.clone());
-
-        let mut links = BTreeMap::new();
-        for app in &apps {
-            for channel in app.channels.values() {
-                if !links.contains_key(&channel.link) {
-                    let prepared = &config.links[&channel.link];
-                    let broker = prepared.connect(&channel.link).await.with_context(|| {
-                        format!(
-                            "cannot connect link `{}` ({})",
-                            channel.link,
-                            prepared.link_type()
-                        )
-                    })?;
-                    dispatcher
-                        .metrics
-                        .add_link(&channel.link, prepared.link_type());
-                    links.insert(
-                        channel.link.clone(),
-                        LoadedLink {
-                            description: prepared.describe(),
-                            link_type: prepared.link_type(),
-                            broker,
-                        },
-                    );
-                }
-            }
-        }
-
-        let mut runtimes = BTreeMap::new();
-        let mut store_list = BTreeMap::new();
-        let app_count = apps.len();
+        let dispatcher = Dispatcher::new(host);
         let stores = Stores::default();
-        for app in apps {
-            let app_stores = open_stores(
-                &app,
-                &config,
-                &stores,
-                output.state_dir(&app, app_count),
-                &options.key_values,
-            )
-            .await?;
-            let mut prepared = HashMap::new();
-            for c in &app.components {
-                let (host, source) = (host.clone(), c.source.clone());
-                let component = tokio::task::spawn_blocking(move || host.prepare(&source))
-                    .await?
-                    .with_context(|| format!("app `{}`, component `{}`", app.name, c.id))?;
-                let component_output = output.output(&app, &c.id, app_count)?;
-                let granted = c
-                    .key_value_stores
-                    .iter()
-                    .filter_map(|label| Some((label.clone(), app_stores.get(label)?.0.clone())))
-                    .collect();
-                let grants = Grants::new(
-                    &app.name,
-                    &c.id,
-                    c.variables.clone(),
-                    granted,
-                    c.allowed_outbound_hosts.clone(),
-                );
-                prepared.insert(c.id.clone(), (component, component_output, grants));
-            }
-            for (label, (_, description)) in app_stores {
-                store_list.insert((app.name.clone(), label), description);
-            }
-            let app_links = links
-                .iter()
-                .map(|(name, link)| (name.clone(), link.broker.clone()))
-                .collect();
-            runtimes.insert(
-                app.name.clone(),
-                AppRuntime::new(app, &app_links, prepared, dispatcher.clone())?,
-            );
-        }
+        let assembled = assemble(&options, &dispatcher, &stores, &Loaded::default()).await?;
+        let loaded = Arc::new(ArcSwap::from_pointee(assembled.loaded));
         let operations = Arc::new(Operations {
-            registry: dispatcher
-                .metrics
-                .registry(state_sampler(&runtimes, &links)),
+            registry: dispatcher.metrics.registry(state_sampler(loaded.clone())),
             started: AtomicBool::new(false),
-            apps: runtimes.values().cloned().collect(),
-            links: links
-                .iter()
-                .map(|(name, link)| (name.clone(), link.broker.clone()))
-                .collect(),
+            loaded: loaded.clone(),
         });
         Ok(Provider {
-            apps: runtimes,
-            links,
-            stores: store_list,
+            options,
             dispatcher,
+            loaded,
+            stores,
             operations,
+            reloading: tokio::sync::Mutex::new(()),
+            replaced_links: Arc::default(),
         })
     }
 
@@ -322,14 +318,152 @@ impl Provider {
     /// the manifests: nothing consumes (and so nothing publishes from a
     /// handler) before every channel is declared.
     pub async fn start(&self) -> anyhow::Result<()> {
-        for app in self.apps.values() {
+        let loaded = self.loaded.load_full();
+        for app in loaded.apps.values() {
             app.declare_channels().await?;
         }
-        for app in self.apps.values() {
+        for app in loaded.apps.values() {
             app.start_subscriptions().await?;
         }
         self.operations.started.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Reads the files again and puts what changed in place, once
+    /// [`Provider::start`] is done. Everything new is read, compiled,
+    /// connected and declared first: any error leaves the running version
+    /// as it was. Then, per changed app, subscriptions that stay the same
+    /// move to the new version without a pause (new deliveries reach it,
+    /// handlers under way finish on the old one), the others are stopped
+    /// and started anew. Unchanged apps and links are left alone; a link
+    /// whose settings changed is closed once the old versions using it
+    /// are done.
+    pub async fn reload(&self) -> anyhow::Result<Reloaded> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let old = self.loaded.load_full();
+        let assembled = assemble(&self.options, &self.dispatcher, &self.stores, &old).await?;
+        let new_links = |assembled: &Assembled| -> Vec<Arc<dyn Broker>> {
+            assembled
+                .connected
+                .iter()
+                .map(|name| assembled.loaded.links[name].broker.clone())
+                .collect()
+        };
+        for name in &assembled.fresh {
+            if let Err(e) = assembled.loaded.apps[name].declare_channels().await {
+                for link in new_links(&assembled) {
+                    link.close().await;
+                }
+                return Err(e);
+            }
+        }
+        let Assembled {
+            loaded,
+            fresh,
+            connected,
+        } = assembled;
+        let loaded = Arc::new(loaded);
+        self.loaded.store(loaded.clone());
+
+        let mut retiring = Vec::new();
+        let mut report = Reloaded {
+            reconnected: connected,
+            ..Reloaded::default()
+        };
+        let mut failed = Vec::new();
+        for name in &fresh {
+            let app = &loaded.apps[name];
+            let started = match old.apps.get(name) {
+                Some(before) => {
+                    report.changed.push(name.clone());
+                    app.take_over(before)
+                        .await
+                        .map(|retired| retiring.push((before.clone(), retired)))
+                }
+                None => {
+                    report.added.push(name.clone());
+                    app.start_subscriptions().await
+                }
+            };
+            if let Err(e) = started {
+                failed.push(format!("{e:#}"));
+            }
+        }
+        for (name, before) in &old.apps {
+            if !loaded.apps.contains_key(name) {
+                retiring.push((before.clone(), before.remove()));
+                report.removed.push(name.clone());
+            }
+        }
+        self.dispatcher.host().forget_other_components(
+            loaded
+                .apps
+                .values()
+                .flat_map(|app| app.prepared_components()),
+        );
+        // Links no longer used close once the old versions are done.
+        let unused: Vec<Arc<dyn Broker>> = old
+            .links
+            .iter()
+            .filter(|(name, link)| {
+                loaded
+                    .links
+                    .get(*name)
+                    .is_none_or(|now| !Arc::ptr_eq(now, link))
+            })
+            .map(|(_, link)| link.broker.clone())
+            .collect();
+        self.replaced_links
+            .lock()
+            .unwrap()
+            .extend(unused.iter().cloned());
+        if !retiring.is_empty() || !unused.is_empty() {
+            let (stop, replaced) = (self.dispatcher.stopping(), self.replaced_links.clone());
+            tokio::spawn(async move {
+                for (app, retired) in retiring {
+                    tokio::select! {
+                        _ = retired.finished(&app) => {}
+                        // The shutdown closes them once everything is done.
+                        _ = stop.cancelled() => return,
+                    }
+                }
+                replaced
+                    .lock()
+                    .unwrap()
+                    .retain(|link| !unused.iter().any(|u| Arc::ptr_eq(u, link)));
+                for link in unused {
+                    link.close().await;
+                }
+            });
+        }
+        match failed.is_empty() {
+            true => Ok(report),
+            false => Err(anyhow::anyhow!(
+                "reloaded ({report}), but not every subscription could start: {}",
+                failed.join("; ")
+            )),
+        }
+    }
+
+    /// The files a reload reads: manifests (or the locked app), the
+    /// components' wasm files and the runtime configs; what `--watch`
+    /// watches.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let loaded = self.loaded.load();
+        let mut files: BTreeSet<PathBuf> = BTreeSet::new();
+        match &self.options.locked {
+            Some(locked) => {
+                files.insert(locked.lock.clone());
+            }
+            None => files.extend(manifest_paths(&self.options.manifests)),
+        }
+        for app in loaded.apps.values() {
+            files.insert(app.app.origin.clone());
+            files.extend(app.app.components.iter().map(|c| c.source.clone()));
+        }
+        files.extend(self.options.runtime_config.clone());
+        files.extend(self.options.messaging_runtime_config.clone());
+        files.into_iter().collect()
     }
 
     /// What the operations routes read.
@@ -337,25 +471,27 @@ impl Provider {
         &self.operations
     }
 
-    /// An app by name.
-    pub fn app(&self, name: &str) -> Option<&Arc<AppRuntime>> {
-        self.apps.get(name)
+    /// An app by name, as it runs now.
+    pub fn app(&self, name: &str) -> Option<Arc<AppRuntime>> {
+        self.loaded.load().apps.get(name).cloned()
     }
 
-    /// A connected link by name.
-    pub fn link(&self, name: &str) -> Option<&Arc<dyn Broker>> {
-        self.links.get(name).map(|link| &link.broker)
+    /// A connected link by name, as it runs now.
+    pub fn link(&self, name: &str) -> Option<Arc<dyn Broker>> {
+        let loaded = self.loaded.load();
+        loaded.links.get(name).map(|link| link.broker.clone())
     }
 
-    /// The apps, by name.
-    pub fn apps(&self) -> &BTreeMap<String, Arc<AppRuntime>> {
-        &self.apps
+    /// What runs now: the apps, by name (a reload swaps it whole).
+    pub fn loaded(&self) -> &Arc<ArcSwap<Loaded>> {
+        &self.loaded
     }
 
     /// What was loaded, for people: apps, channels, components, links.
     pub fn summary(&self) -> String {
+        let loaded = self.loaded.load();
         let mut out = String::new();
-        for app in self.apps.values() {
+        for app in loaded.apps.values() {
             let app = &app.app;
             let _ = writeln!(out, "App `{}` ({})", app.name, app.origin.display());
             let _ = writeln!(out, "  channels:");
@@ -415,13 +551,13 @@ impl Provider {
             }
         }
         let _ = writeln!(out, "Links:");
-        for (name, link) in &self.links {
+        for (name, link) in &loaded.links {
             let _ = writeln!(out, "  {name:<16} {}", link.description);
         }
-        if !self.stores.is_empty() {
+        if !loaded.stores.is_empty() {
             let _ = writeln!(out, "Key-value stores:");
-            for ((app, label), description) in &self.stores {
-                let _ = writeln!(out, "  {app}/{label:<12} {description}");
+            for ((app, label), open) in &loaded.stores {
+                let _ = writeln!(out, "  {app}/{label:<12} {}", open.description);
             }
         }
         out
@@ -431,9 +567,14 @@ impl Provider {
     /// lets in-flight handlers finish within `deadline`, then closes the
     /// links (sending the acknowledgements given).
     pub async fn shutdown(&self, deadline: std::time::Duration) -> DrainReport {
+        let _no_reload = self.reloading.lock().await;
         let report = self.dispatcher.drain(deadline).await;
-        for link in self.links.values() {
+        for link in self.loaded.load().links.values() {
             link.broker.close().await;
+        }
+        let replaced = std::mem::take(&mut *self.replaced_links.lock().unwrap());
+        for link in replaced {
+            link.close().await;
         }
         report
     }
@@ -443,15 +584,16 @@ impl Operations {
     /// Whether every app started and every link is connected, naming what is not.
     pub fn readiness(&self) -> Readiness {
         let started = self.started.load(Ordering::Relaxed);
-        let links_down: Vec<String> = self
+        let loaded = self.loaded.load();
+        let links_down: Vec<String> = loaded
             .links
             .iter()
-            .filter(|(_, link)| !link.connectivity().connected)
+            .filter(|(_, link)| !link.broker.connectivity().connected)
             .map(|(name, _)| name.clone())
             .collect();
-        let channels_unattached: Vec<String> = self
+        let channels_unattached: Vec<String> = loaded
             .apps
-            .iter()
+            .values()
             .flat_map(|app| {
                 app.unattached()
                     .into_iter()
@@ -472,50 +614,271 @@ impl Operations {
     }
 }
 
-/// Reads the apps' and links' state for each scrape.
-fn state_sampler(
-    apps: &BTreeMap<String, Arc<AppRuntime>>,
-    links: &BTreeMap<String, LoadedLink>,
-) -> impl Fn() -> StateSample + Send + Sync + 'static {
-    let apps: Vec<Arc<AppRuntime>> = apps.values().cloned().collect();
-    let links: Vec<(String, &'static str, Arc<dyn Broker>)> = links
-        .iter()
-        .map(|(name, link)| (name.clone(), link.link_type, link.broker.clone()))
-        .collect();
-    move || StateSample {
-        components: apps
-            .iter()
-            .flat_map(|app| app.component_samples())
-            .collect(),
-        links: links
-            .iter()
-            .map(|(name, link_type, broker)| {
-                let state = broker.connectivity();
-                LinkSample {
-                    link: name.clone(),
-                    link_type,
-                    up: state.connected,
-                    reconnects: state.reconnects,
-                }
-            })
-            .collect(),
+/// Reads the apps' and links' state, as they run now, for each scrape.
+fn state_sampler(loaded: Arc<ArcSwap<Loaded>>) -> impl Fn() -> StateSample + Send + Sync + 'static {
+    move || {
+        let loaded = loaded.load();
+        StateSample {
+            components: loaded
+                .apps
+                .values()
+                .flat_map(|app| app.component_samples())
+                .collect(),
+            links: loaded
+                .links
+                .iter()
+                .map(|(name, link)| {
+                    let state = link.broker.connectivity();
+                    LinkSample {
+                        link: name.clone(),
+                        link_type: link.link_type,
+                        up: state.connected,
+                        reconnects: state.reconnects,
+                    }
+                })
+                .collect(),
+        }
     }
 }
 
-/// An app's open key-value stores by label, each with where its data is.
-type OpenStores = BTreeMap<String, (Arc<dyn KeyValueStore>, String)>;
+/// Reads the files, compiles the components and connects the links the
+/// apps use, reusing from `running` what did not change: a link whose
+/// settings are the same, an app whose manifest, components, links and
+/// stores are all the same. Nothing of `running` is touched; on an error,
+/// the links connected here are closed again.
+async fn assemble(
+    options: &ProviderOptions,
+    dispatcher: &Arc<Dispatcher>,
+    stores: &Stores,
+    running: &Loaded,
+) -> anyhow::Result<Assembled> {
+    let registry = LinkRegistry::default();
+    let mut config = RuntimeConfig::load_files(
+        options.runtime_config.as_deref(),
+        options.messaging_runtime_config.as_deref(),
+        &registry,
+    )?;
+    let output = options.output.clone().with_runtime_config(&config);
+    let apps = match &options.locked {
+        Some(locked) => vec![manifest::load_locked_app_with_links(locked, &config)?],
+        None => load_apps(&options.manifests, &config)?,
+    };
 
-/// Opens the key-value stores an app's components name: `default` in its
-/// state directory unless the runtime config rebinds it. `key_values` are
-/// set in `default` (opened for them if no component names it). By label:
-/// the store and where its data is.
+    // Compiled (or found compiled) and checked before anything connects.
+    let host = dispatcher.host();
+    let mut compiled = HashMap::new();
+    for app in &apps {
+        for c in &app.components {
+            let (host, source) = (host.clone(), c.source.clone());
+            let component = tokio::task::spawn_blocking(move || host.prepare(&source))
+                .await?
+                .with_context(|| format!("app `{}`, component `{}`", app.name, c.id))?;
+            compiled.insert((app.name.clone(), c.id.clone()), component);
+        }
+    }
+
+    let mut links = BTreeMap::new();
+    let mut connected = Vec::new();
+    for app in &apps {
+        for channel in app.channels.values() {
+            let name = &channel.link;
+            if links.contains_key(name) {
+                continue;
+            }
+            let settings = config
+                .link_settings
+                .remove(name)
+                .unwrap_or_else(|| toml::Value::Table(Default::default()));
+            if let Some(link) = running.links.get(name).filter(|l| l.settings == settings) {
+                links.insert(name.clone(), link.clone());
+                continue;
+            }
+            let prepared = &config.links[name];
+            let broker = match prepared.connect(name).await {
+                Ok(broker) => broker,
+                Err(e) => {
+                    for name in &connected {
+                        let link: &Arc<LoadedLink> = &links[name];
+                        link.broker.close().await;
+                    }
+                    return Err(e.context(format!(
+                        "cannot connect link `{name}` ({})",
+                        prepared.link_type()
+                    )));
+                }
+            };
+            dispatcher.metrics.add_link(name, prepared.link_type());
+            connected.push(name.clone());
+            let link = LoadedLink {
+                description: prepared.describe(),
+                link_type: prepared.link_type(),
+                settings,
+                broker,
+            };
+            links.insert(name.clone(), Arc::new(link));
+        }
+    }
+
+    let new_links: Vec<Arc<dyn Broker>> = connected
+        .iter()
+        .map(|name| links[name].broker.clone())
+        .collect();
+    let context = Binding {
+        config: &config,
+        output: &output,
+        options,
+        dispatcher,
+        stores,
+        running,
+        compiled: &compiled,
+    };
+    match bind_apps(apps, links, &context).await {
+        Ok((loaded, fresh)) => Ok(Assembled {
+            loaded,
+            fresh,
+            connected,
+        }),
+        Err(e) => {
+            for link in new_links {
+                link.close().await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What binding apps reads: the files as read now, and what runs.
+#[derive(Clone, Copy)]
+struct Binding<'a> {
+    config: &'a RuntimeConfig,
+    output: &'a OutputOptions,
+    options: &'a ProviderOptions,
+    dispatcher: &'a Arc<Dispatcher>,
+    stores: &'a Stores,
+    running: &'a Loaded,
+    /// By (app, component).
+    compiled: &'a HashMap<(String, String), PreparedComponent>,
+}
+
+/// Binds the apps to `links` and their stores, keeping from what runs every
+/// app that did not change. By name: the apps, and which are new or changed.
+async fn bind_apps(
+    apps: Vec<App>,
+    links: BTreeMap<String, Arc<LoadedLink>>,
+    cx: &Binding<'_>,
+) -> anyhow::Result<(Loaded, Vec<String>)> {
+    let Binding {
+        config,
+        output,
+        options,
+        dispatcher,
+        stores,
+        running,
+        compiled,
+    } = *cx;
+    let mut loaded = Loaded {
+        links,
+        ..Loaded::default()
+    };
+    let mut fresh = Vec::new();
+    let app_count = apps.len();
+    let first_start = running.apps.is_empty();
+    for app in apps {
+        let state_dir = output.state_dir(&app, app_count);
+        let app_stores = open_stores(
+            &app,
+            config,
+            stores,
+            state_dir,
+            &running.stores,
+            // Spin's `--key-value` seeds the stores at start, not at reloads.
+            if first_start {
+                &options.key_values
+            } else {
+                &[]
+            },
+        )
+        .await?;
+        let code = |c: &crate::app::ComponentSpec| &compiled[&(app.name.clone(), c.id.clone())];
+        let before = running.apps.get(&app.name);
+        let unchanged = before.is_some_and(|before| {
+            before.app == app
+                && app.components.iter().all(|c| {
+                    before
+                        .instances(&c.id)
+                        .is_some_and(|i| i.component().same_code(code(c)))
+                })
+                && app.channels.values().all(|c| {
+                    running
+                        .links
+                        .get(&c.link)
+                        .is_some_and(|l| Arc::ptr_eq(l, &loaded.links[&c.link]))
+                })
+                && app_stores.iter().all(|(label, open)| {
+                    running
+                        .stores
+                        .get(&(app.name.clone(), label.clone()))
+                        .is_some_and(|was| Arc::ptr_eq(&was.store, &open.store))
+                })
+        });
+        for (label, open) in &app_stores {
+            loaded
+                .stores
+                .insert((app.name.clone(), label.clone()), open.clone());
+        }
+        if let (true, Some(before)) = (unchanged, before) {
+            loaded.apps.insert(app.name.clone(), before.clone());
+            continue;
+        }
+        let mut prepared = HashMap::new();
+        for c in &app.components {
+            let component_output = output.output(&app, &c.id, app_count)?;
+            let granted = c
+                .key_value_stores
+                .iter()
+                .filter_map(|label| Some((label.clone(), app_stores.get(label)?.store.clone())))
+                .collect();
+            let grants = Grants::new(
+                &app.name,
+                &c.id,
+                c.variables.clone(),
+                granted,
+                c.allowed_outbound_hosts.clone(),
+            );
+            prepared.insert(c.id.clone(), (code(c).clone(), component_output, grants));
+        }
+        let app_links = loaded
+            .links
+            .iter()
+            .map(|(name, link)| (name.clone(), link.broker.clone()))
+            .collect();
+        let name = app.name.clone();
+        let runtime = AppRuntime::new(
+            app,
+            &app_links,
+            prepared,
+            dispatcher.clone(),
+            before.map(|b| &**b),
+        )?;
+        fresh.push(name.clone());
+        loaded.apps.insert(name, runtime);
+    }
+    Ok((loaded, fresh))
+}
+
+/// Opens the key-value stores an app's components name, by label:
+/// `default` in its state directory unless the runtime config rebinds it.
+/// A store the app has open already (in `running`) with the same settings
+/// is kept. `key_values` are set in `default` (opened for them if no
+/// component names it).
 async fn open_stores(
     app: &App,
     config: &RuntimeConfig,
     stores: &Stores,
     state_dir: Option<PathBuf>,
+    running: &BTreeMap<(String, String), OpenStore>,
     key_values: &[(String, String)],
-) -> anyhow::Result<OpenStores> {
+) -> anyhow::Result<BTreeMap<String, OpenStore>> {
     let default = DEFAULT_STORE.to_string();
     let labels: BTreeSet<&String> = app
         .components
@@ -530,6 +893,13 @@ async fn open_stores(
             None if label == DEFAULT_STORE => StoreConfig::default_for(state_dir.as_deref()),
             None => anyhow::bail!("no key-value store `{label}` in the runtime config"),
         };
+        if let Some(open) = running
+            .get(&(app.name.clone(), label.clone()))
+            .filter(|open| open.config == store_config)
+        {
+            opened.insert(label.clone(), open.clone());
+            continue;
+        }
         let store = stores
             .open(label, &store_config)
             .with_context(|| format!("app `{}`, key-value store `{label}`", app.name))?;
@@ -543,7 +913,15 @@ async fn open_stores(
                 })?;
             }
         }
-        opened.insert(label.clone(), (store, store_config.describe()));
+        let description = store_config.describe();
+        opened.insert(
+            label.clone(),
+            OpenStore {
+                config: store_config,
+                store,
+                description,
+            },
+        );
     }
     Ok(opened)
 }
@@ -551,20 +929,9 @@ async fn open_stores(
 /// Loads every manifest, collecting all their errors, and checks that app
 /// names are unique across them.
 fn load_apps(manifests: &[PathBuf], config: &RuntimeConfig) -> Result<Vec<App>, ConfigErrors> {
-    let defaults = [PathBuf::from("spin.toml")];
-    let manifests = if manifests.is_empty() {
-        &defaults[..]
-    } else {
-        manifests
-    };
     let mut apps: Vec<App> = Vec::new();
     let mut errors = Vec::new();
-    for path in manifests {
-        let path = if path.is_dir() {
-            path.join("spin.toml")
-        } else {
-            path.clone()
-        };
+    for path in manifest_paths(manifests) {
         match manifest::load_app_with_links(&path, config) {
             Ok(app) => {
                 if let Some(other) = apps.iter().find(|a| a.name == app.name) {
@@ -590,4 +957,19 @@ fn load_apps(manifests: &[PathBuf], config: &RuntimeConfig) -> Result<Vec<App>, 
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// The spin.toml files `up` was given (a directory means its spin.toml; none
+/// means `./spin.toml`).
+fn manifest_paths(manifests: &[PathBuf]) -> Vec<PathBuf> {
+    if manifests.is_empty() {
+        return vec![PathBuf::from("spin.toml")];
+    }
+    manifests
+        .iter()
+        .map(|path| match path.is_dir() {
+            true => path.join("spin.toml"),
+            false => path.clone(),
+        })
+        .collect()
 }

@@ -422,7 +422,7 @@ pub async fn attempts_survive_a_restart_of_the_provider(settings: &str) {
     let mut results = watch(&first, "attempts", "results").await;
     let inbox = format!("{base}.inbox");
     put_raw(
-        first.link("under_test").unwrap(),
+        &first.link("under_test").unwrap(),
         &inbox,
         &event("a1", "probe.fail"),
     )

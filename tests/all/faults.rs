@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn scale(name: &str, default: usize) -> usize {
+pub(crate) fn scale(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|n| n.parse().ok())
@@ -33,7 +33,7 @@ fn scale(name: &str, default: usize) -> usize {
 }
 
 /// Every hundredth event is poison: its handler always fails.
-fn is_poison(i: usize) -> bool {
+pub(crate) fn is_poison(i: usize) -> bool {
     i % 100 == 42
 }
 
@@ -62,13 +62,15 @@ environment = {{ PROBE_OUT = "queue:done"{extra_env} }}
 
 /// What came out of the queue, by event id.
 #[derive(Default)]
-struct Tally {
+pub(crate) struct Tally {
     handled: HashMap<String, usize>,
     dead: HashMap<String, usize>,
+    /// Handled events by the `handledby` the probe put on them (`-`: none).
+    pub by: HashMap<String, usize>,
 }
 
 impl Tally {
-    fn report(&self, label: &str, sent: usize) -> Report {
+    pub(crate) fn report(&self, label: &str, sent: usize) -> Report {
         let done = |ids: &HashMap<String, usize>| {
             ids.keys()
                 .cloned()
@@ -98,19 +100,19 @@ impl Tally {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-struct Report {
-    sent: usize,
-    handled: usize,
-    duplicates: usize,
-    dead_lettered: usize,
-    lost: usize,
-    poison_handled: usize,
-    good_dead: usize,
+pub(crate) struct Report {
+    pub sent: usize,
+    pub handled: usize,
+    pub duplicates: usize,
+    pub dead_lettered: usize,
+    pub lost: usize,
+    pub poison_handled: usize,
+    pub good_dead: usize,
 }
 
 /// Reads `done` and `dead` through the test's own link (which rides out
 /// broker restarts as the provider's does), counting and acknowledging.
-async fn read_out(bus: Arc<dyn Broker>, base: &str, tally: Arc<Mutex<Tally>>) {
+pub(crate) async fn read_out(bus: Arc<dyn Broker>, base: &str, tally: Arc<Mutex<Tally>>) {
     for (name, dead) in [("done", false), ("dead", true)] {
         let address = format!("{base}.{name}");
         bus.declare_queue(&address, &address).await.unwrap();
@@ -129,6 +131,10 @@ async fn read_out(bus: Arc<dyn Broker>, base: &str, tally: Arc<Mutex<Tally>>) {
                 let (e, _, ack) = d.into_parts();
                 let _ = ack.ack().await;
                 let mut t = tally.lock().unwrap();
+                if !dead {
+                    let by = e.extension("handledby").unwrap_or("-");
+                    *t.by.entry(by.to_string()).or_default() += 1;
+                }
                 let ids = if dead { &mut t.dead } else { &mut t.handled };
                 *ids.entry(e.id).or_default() += 1;
             }
@@ -137,7 +143,7 @@ async fn read_out(bus: Arc<dyn Broker>, base: &str, tally: Arc<Mutex<Tally>>) {
 }
 
 /// Puts `n` events (every hundredth poison) on `work`, 16 at a time.
-async fn preload(bus: &Arc<dyn Broker>, base: &str, n: usize) {
+pub(crate) async fn preload(bus: &Arc<dyn Broker>, base: &str, n: usize) {
     let work = format!("{base}.work");
     bus.declare_queue(&work, &work).await.unwrap();
     let mut tasks = tokio::task::JoinSet::new();
@@ -180,7 +186,11 @@ fn sigkill(p: &mut Running) {
     let _ = p.child.wait();
 }
 
-async fn wait_for_progress(tally: &Arc<Mutex<Tally>>, at_least: usize, within: Duration) {
+pub(crate) async fn wait_for_progress(
+    tally: &Arc<Mutex<Tally>>,
+    at_least: usize,
+    within: Duration,
+) {
     let start = Instant::now();
     loop {
         let progress = {
@@ -337,7 +347,7 @@ async fn sigterm_under_load_loses_and_duplicates_nothing(label: &str, settings: 
     assert_eq!((report.poison_handled, report.good_dead), (0, 0));
 }
 
-fn nats_settings(port: u16) -> String {
+pub(crate) fn nats_settings(port: u16) -> String {
     format!(
         "type = \"nats\"\njetstream = true\nurl = \"nats://127.0.0.1:{port}\"\nack_wait = \"10s\"\n"
     )
@@ -347,7 +357,7 @@ fn redis_settings(port: u16) -> String {
     format!("type = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\nclaim_after = \"10s\"\n")
 }
 
-fn amqp_settings(port: u16) -> String {
+pub(crate) fn amqp_settings(port: u16) -> String {
     format!("type = \"amqp\"\nurl = \"amqp://guest:guest@127.0.0.1:{port}/%2f\"\n")
 }
 

@@ -84,7 +84,12 @@ async fn a_reuse_count_of_one_gives_every_event_a_fresh_instance() {
         names.insert(name);
     }
     assert_eq!(names.len(), 5);
-    let instances = provider.app("fresh").unwrap().instances("probe").unwrap();
+    let instances = provider
+        .app("fresh")
+        .unwrap()
+        .instances("probe")
+        .unwrap()
+        .clone();
     assert_eq!(instances.counts(), (5, 0));
     assert_eq!(
         instances.idle(),

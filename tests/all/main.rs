@@ -25,6 +25,7 @@ mod mqtt;
 mod nats;
 mod outbound;
 mod redis;
+mod reload;
 mod samples;
 mod spin;
 mod tls;

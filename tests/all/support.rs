@@ -452,11 +452,35 @@ impl Running {
     }
 
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal named (`TERM`, `HUP`...).
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// How many lines of stderr hold `needle` now.
+    pub fn count(&self, needle: &str) -> usize {
+        let lines = self.stderr.lock().unwrap();
+        lines.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until `needle` is on `n` lines of stderr.
+    pub fn wait_for_count(&self, needle: &str, n: usize) {
+        let start = Instant::now();
+        while self.count(needle) < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{needle:?} not on {n} lines of stderr; got:\n{}",
+                self.all()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn wait_exit(&mut self, within: Duration) -> i32 {

@@ -639,9 +639,12 @@ impl Subscription for CoreSubscription {
         Some(Delivery::received(event, 1, Box::new(NothingToSettle)))
     }
 
-    /// Unsubscribes; what async-nats already received still comes out.
+    /// Unsubscribes and drains: what the server sent before it took the
+    /// unsubscription still comes out, then the subscription ends, so once
+    /// it has ended no later message can reach it (a reload subscribes anew
+    /// on another connection only then).
     async fn stop(&mut self) {
-        let _ = self.subscriber.unsubscribe().await;
+        let _ = self.subscriber.drain().await;
     }
 }
 

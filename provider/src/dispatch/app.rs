@@ -4,6 +4,7 @@
 
 use super::Dispatcher;
 use super::breaker::Breaker;
+use super::pump::{Pump, Target};
 use crate::app::{App, Channel, ChannelKind, ComponentSpec};
 use crate::broker::{Broker, BrokerError, SubscribeMode, Subscription};
 use crate::cloudevents::Event;
@@ -12,13 +13,15 @@ use crate::host::{
     ComponentOutput, Grants, InstanceIdentity, Instances, MessagingCtx, MessagingError,
     PreparedComponent,
 };
-use crate::metrics::{ComponentSample, SendMetrics};
+use crate::metrics::{ComponentSample, DeliveryMetrics, DeliverySource, SendMetrics};
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// One app at run time.
 pub struct AppRuntime {
@@ -27,11 +30,25 @@ pub struct AppRuntime {
     channels: BTreeMap<String, Arc<BoundChannel>>,
     components: Vec<Arc<ComponentRuntime>>,
     dispatcher: Arc<Dispatcher>,
-    /// Dynamic subscriptions by token; a token is meaningful only here.
-    dynamic: Mutex<HashMap<String, CancellationToken>>,
+    /// Its running subscriptions, from the manifest and from guests.
+    pumps: Mutex<Pumps>,
+    /// Subscriptions guests made at run time, by the token they got; a
+    /// token is meaningful only in its app.
+    dynamic: Mutex<HashMap<String, Weak<Pump>>>,
     /// Channels (or subscriptions to them) waiting for their link, by name.
     unattached: Mutex<BTreeMap<String, usize>>,
+    /// Cancelled when the app stops or is replaced: ends its waits for links.
     stop: CancellationToken,
+    /// The handlers running on this version of the app.
+    pub(crate) handlers: TaskTracker,
+}
+
+/// An app's running subscriptions; once the app is replaced, any that
+/// still attaches is stopped at once.
+#[derive(Default)]
+struct Pumps {
+    running: Vec<Weak<Pump>>,
+    retired: bool,
 }
 
 /// A channel with its link, and whether it is declared there yet.
@@ -76,12 +93,15 @@ pub(crate) struct ComponentRuntime {
 impl AppRuntime {
     /// Binds an app to its links and prepared components. `links` must hold
     /// every link the app's channels use; `components` every component, with
-    /// where its output goes and what it is granted.
+    /// where its output goes and what it is granted. A component of the
+    /// `previous` version with the same bound on handlers shares it, so the
+    /// bound holds while the old version's handlers finish.
     pub fn new(
         app: App,
         links: &BTreeMap<String, Arc<dyn Broker>>,
         mut components: HashMap<String, (PreparedComponent, Arc<ComponentOutput>, Arc<Grants>)>,
         dispatcher: Arc<Dispatcher>,
+        previous: Option<&AppRuntime>,
     ) -> anyhow::Result<Arc<AppRuntime>> {
         let mut channels = BTreeMap::new();
         for channel in app.channels.values() {
@@ -133,11 +153,16 @@ impl AppRuntime {
                     };
                     let host = &dispatcher.host;
                     let reuse = spec.reuse.over(&host.reuse());
+                    let in_flight = previous
+                        .and_then(|p| p.component(&spec.id))
+                        .filter(|c| c.spec.max_in_flight == spec.max_in_flight)
+                        .map(|c| c.in_flight.clone())
+                        .unwrap_or_else(|| Arc::new(Semaphore::new(spec.max_in_flight)));
                     Arc::new(ComponentRuntime {
                         app_name: app.name.clone(),
                         app: weak.clone(),
                         instances: host.instances(&component, identity, reuse),
-                        in_flight: Arc::new(Semaphore::new(spec.max_in_flight)),
+                        in_flight,
                         breaker: Breaker::default(),
                         running: Default::default(),
                         spec,
@@ -149,8 +174,10 @@ impl AppRuntime {
                 components,
                 stop: dispatcher.stop.child_token(),
                 dispatcher,
+                pumps: Mutex::default(),
                 dynamic: Mutex::default(),
                 unattached: Mutex::default(),
+                handlers: TaskTracker::new(),
                 app,
             }
         }))
@@ -197,12 +224,22 @@ impl AppRuntime {
     /// back, so one broker being away stops neither the start nor the other
     /// links' work.
     pub async fn start_subscriptions(self: &Arc<Self>) -> anyhow::Result<()> {
+        self.start_subscriptions_except(&HashSet::new()).await
+    }
+
+    /// [`AppRuntime::start_subscriptions`], but for the (component,
+    /// channel) pairs in `running`.
+    async fn start_subscriptions_except(
+        self: &Arc<Self>,
+        running: &HashSet<(String, String)>,
+    ) -> anyhow::Result<()> {
         let mut down = HashSet::new();
         for channel in self.channels.values() {
             let subscribers: Vec<_> = self
                 .components
                 .iter()
                 .filter(|c| c.spec.subscriptions.contains(&channel.spec.name))
+                .filter(|c| !running.contains(&(c.spec.id.clone(), channel.spec.name.clone())))
                 .cloned()
                 .collect();
             if channel.declared.get().is_none() {
@@ -216,8 +253,8 @@ impl AppRuntime {
                     self.attach_later(channel.clone(), Some(component));
                     continue;
                 }
-                match self.subscribe(channel, &component, self.stop.clone()).await {
-                    Ok(()) => {}
+                match self.subscribe(channel, &component, None).await {
+                    Ok(_) => {}
                     Err(e) if e.is_transient() => {
                         tracing::warn!(app = %self.app.name, link = %channel.spec.link, "cannot subscribe component `{}` to `{}`: {e}; attaching once the link is back", component.spec.id, channel.spec.name);
                         down.insert(channel.spec.link.clone());
@@ -253,21 +290,153 @@ impl AppRuntime {
     }
 
     /// Declares the channel if need be, subscribes `component` to it and
-    /// starts its pump, which ends when `stop` is cancelled.
+    /// starts its pump; `token` is what a guest that subscribed got.
     async fn subscribe(
-        &self,
+        self: &Arc<Self>,
         channel: &Arc<BoundChannel>,
         component: &Arc<ComponentRuntime>,
-        stop: CancellationToken,
-    ) -> Result<(), BrokerError> {
+        token: Option<String>,
+    ) -> Result<Arc<Pump>, BrokerError> {
         self.declare(channel).await?;
         let sub = channel
             .link
             .subscribe(&channel.spec.address, subscribe_mode(&channel.spec))
             .await?;
-        self.dispatcher
-            .spawn_pump(component.clone(), channel.clone(), sub, stop);
-        Ok(())
+        let pump = Arc::new(Pump {
+            component: component.spec.id.clone(),
+            channel: channel.spec.name.clone(),
+            token,
+            target: ArcSwap::from_pointee(self.target(component, channel, None)),
+            stop: self.dispatcher.stop.child_token(),
+            done: CancellationToken::new(),
+        });
+        self.adopt(&pump);
+        self.dispatcher.spawn_pump(pump.clone(), sub);
+        Ok(pump)
+    }
+
+    /// Where a subscription of `component` to `channel` delivers in this
+    /// version; `metrics` are the subscription's, when it had them.
+    fn target(
+        self: &Arc<Self>,
+        component: &Arc<ComponentRuntime>,
+        channel: &Arc<BoundChannel>,
+        metrics: Option<Arc<DeliveryMetrics>>,
+    ) -> Target {
+        let spec = &channel.spec;
+        let metrics = metrics.unwrap_or_else(|| {
+            Arc::new(self.dispatcher.metrics.delivery(&DeliverySource {
+                app: &self.app.name,
+                component: &component.spec.id,
+                channel: &spec.name,
+                link: &spec.link,
+                address: &spec.address,
+            }))
+        });
+        Target {
+            app: self.clone(),
+            component: component.clone(),
+            channel: channel.clone(),
+            metrics,
+        }
+    }
+
+    /// Counts `pump` among this version's subscriptions, or stops it at once
+    /// when this version has been replaced.
+    fn adopt(&self, pump: &Arc<Pump>) {
+        let mut pumps = self.pumps.lock().unwrap();
+        if pumps.retired {
+            pump.stop.cancel();
+            return;
+        }
+        pumps.running.retain(|p| p.strong_count() > 0);
+        pumps.running.push(Arc::downgrade(pump));
+    }
+
+    /// Takes over from `old`, the version of the app this one replaces:
+    /// each of its subscriptions that this version has too (the same
+    /// component and channel, on the same link and address) is moved here
+    /// without a pause, so the broker sees no change; the others are
+    /// stopped (what they held handed back) before this version's own
+    /// start, so that no topic event reaches both versions. Handlers under
+    /// way finish on the old version. `declare_channels` comes first.
+    pub(crate) async fn take_over(self: &Arc<Self>, old: &AppRuntime) -> anyhow::Result<Retired> {
+        let mut moved = HashSet::new();
+        let mut stopped = Vec::new();
+        for pump in old.retire() {
+            let before = pump.target.load_full();
+            let here = self
+                .component(&pump.component)
+                .zip(self.channels.get(&pump.channel))
+                .filter(|(component, channel)| {
+                    let consumes = match &pump.token {
+                        None => component.spec.subscriptions.contains(&pump.channel),
+                        Some(_) => component.spec.may_consume(&pump.channel),
+                    };
+                    consumes && same_subscription(&before.channel, channel)
+                });
+            let Some((component, channel)) = here else {
+                tracing::debug!(app = %self.app.name, component = %pump.component, channel = %pump.channel, "a subscription of the old version stops");
+                pump.stop.cancel();
+                stopped.push(pump);
+                continue;
+            };
+            tracing::debug!(app = %self.app.name, component = %pump.component, channel = %pump.channel, "a subscription moves to the new version");
+            let target = self.target(component, channel, Some(before.metrics.clone()));
+            pump.target.store(Arc::new(target));
+            self.adopt(&pump);
+            match &pump.token {
+                Some(token) => {
+                    let mut dynamic = self.dynamic.lock().unwrap();
+                    dynamic.insert(token.clone(), Arc::downgrade(&pump));
+                }
+                None => {
+                    moved.insert((pump.component.clone(), pump.channel.clone()));
+                }
+            }
+        }
+        for pump in &stopped {
+            let _ = tokio::time::timeout(SETTLE_BOUND, pump.done.cancelled()).await;
+        }
+        self.start_subscriptions_except(&moved).await?;
+        Ok(Retired { stopped })
+    }
+
+    /// Stops everything of this version for good: the app is gone.
+    pub(crate) fn remove(&self) -> Retired {
+        let stopped = self.retire();
+        for pump in &stopped {
+            pump.stop.cancel();
+        }
+        Retired { stopped }
+    }
+
+    /// Marks this version replaced: no subscription attaches to it any more,
+    /// its waits for links end, its warm instances are dropped (and those
+    /// under way once they finish). Returns its running subscriptions.
+    fn retire(&self) -> Vec<Arc<Pump>> {
+        let running = {
+            let mut pumps = self.pumps.lock().unwrap();
+            pumps.retired = true;
+            std::mem::take(&mut pumps.running)
+        };
+        self.stop.cancel();
+        self.dynamic.lock().unwrap().clear();
+        for component in &self.components {
+            component.instances.retire();
+        }
+        self.handlers.close();
+        running.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// What its components' instances are made from.
+    pub(crate) fn prepared_components(&self) -> impl Iterator<Item = &PreparedComponent> {
+        self.components.iter().map(|c| c.instances.component())
+    }
+
+    /// A component by id.
+    fn component(&self, id: &str) -> Option<&Arc<ComponentRuntime>> {
+        self.components.iter().find(|c| c.spec.id == id)
     }
 
     /// Retries declaring `channel` (and subscribing `subscriber` to it),
@@ -298,7 +467,7 @@ impl AppRuntime {
                 }
                 let Some(app) = app.upgrade() else { return };
                 let attached = match &subscriber {
-                    Some(component) => app.subscribe(&channel, component, app.stop.clone()).await,
+                    Some(component) => app.subscribe(&channel, component, None).await.map(drop),
                     None => app.declare(&channel).await,
                 };
                 match attached {
@@ -363,15 +532,13 @@ impl AppRuntime {
 
     /// A component's instances (how many were created, reused, are warm).
     pub fn instances(&self, component: &str) -> Option<&Arc<Instances>> {
-        self.components
-            .iter()
-            .find(|c| c.spec.id == component)
-            .map(|c| &c.instances)
+        self.component(component).map(|c| &c.instances)
     }
 
     /// How many dynamic subscriptions are active.
     pub fn dynamic_subscriptions(&self) -> usize {
-        self.dynamic.lock().unwrap().len()
+        let dynamic = self.dynamic.lock().unwrap();
+        dynamic.values().filter(|p| p.strong_count() > 0).count()
     }
 
     /// A channel by the name the app gave it.
@@ -462,6 +629,36 @@ impl AppRuntime {
             ))),
         }
     }
+}
+
+/// How long a reload waits for a stopped subscription to settle what it
+/// held before the new version subscribes in its place.
+const SETTLE_BOUND: Duration = Duration::from_secs(10);
+
+/// What a replaced version still has under way: its stopped subscriptions
+/// and its handlers.
+pub(crate) struct Retired {
+    stopped: Vec<Arc<Pump>>,
+}
+
+impl Retired {
+    /// Waits until the old version's stopped subscriptions have settled and
+    /// its handlers have finished (or the provider stops).
+    pub async fn finished(self, old: &AppRuntime) {
+        for pump in &self.stopped {
+            pump.done.cancelled().await;
+        }
+        old.handlers.wait().await;
+    }
+}
+
+/// Whether two channels are the same subscription on the broker: the same
+/// connected link, address and kind (and group, for a queue).
+fn same_subscription(old: &BoundChannel, new: &BoundChannel) -> bool {
+    Arc::ptr_eq(&old.link, &new.link)
+        && old.spec.address == new.spec.address
+        && old.spec.kind == new.spec.kind
+        && old.spec.group == new.spec.group
 }
 
 fn subscribe_mode(channel: &Channel) -> SubscribeMode {
@@ -559,22 +756,27 @@ impl MessagingCtx for ComponentCtx {
             )));
         }
         let token = format!("{}-{}", app.app.name, uuid::Uuid::new_v4());
-        let stop = app.stop.child_token();
-        app.subscribe(&channel, &component, stop.clone()).await?;
-        app.dynamic.lock().unwrap().insert(token.clone(), stop);
+        let pump = app
+            .subscribe(&channel, &component, Some(token.clone()))
+            .await?;
+        let mut dynamic = app.dynamic.lock().unwrap();
+        dynamic.insert(token.clone(), Arc::downgrade(&pump));
+        drop(dynamic);
         tracing::info!(app = %app.app.name, component = %self.component, channel = %channel.spec.name, "subscribed at run time");
         Ok(token)
     }
 
     async fn unsubscribe(&self, token: String) -> Result<(), MessagingError> {
         let app = self.app()?;
-        let stop = app.dynamic.lock().unwrap().remove(&token).ok_or_else(|| {
+        let pump = app.dynamic.lock().unwrap().remove(&token).ok_or_else(|| {
             MessagingError::QueueOrTopicNotFound(format!(
                 "no subscription with token `{token}` in app `{}`",
                 app.app.name
             ))
         })?;
-        stop.cancel();
+        if let Some(pump) = pump.upgrade() {
+            pump.stop.cancel();
+        }
         tracing::info!(app = %app.app.name, component = %self.component, "unsubscribed at run time");
         Ok(())
     }

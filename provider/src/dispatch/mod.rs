@@ -29,15 +29,15 @@
 mod app;
 pub mod breaker;
 pub mod dead_letter;
+mod pump;
 
 pub use app::AppRuntime;
 use app::{BoundChannel, ComponentRuntime};
 
-use crate::broker::{Acknowledge, Delivery, Subscription};
+use crate::broker::{Acknowledge, Delivery};
 use crate::cloudevents::{Event, json};
 use crate::host::{HandlerFailure, Host};
-use crate::metrics::{DeliveryMetrics, DeliverySource, Metrics};
-use futures::FutureExt as _;
+use crate::metrics::{DeliveryMetrics, Metrics};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -75,6 +75,16 @@ impl Dispatcher {
         })
     }
 
+    /// The host its components run on.
+    pub(crate) fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Cancelled when the provider stops.
+    pub(crate) fn stopping(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
     /// Stops taking deliveries, hands back what was taken but not started,
     /// then waits up to `deadline` for the handlers under way. Events of
     /// handlers cut off are left unacknowledged, so a broker that redelivers
@@ -95,159 +105,6 @@ impl Dispatcher {
             let _ = tokio::time::timeout(Duration::from_millis(500), self.tasks.wait()).await;
         }
         DrainReport { drained }
-    }
-
-    fn spawn_pump(
-        self: &Arc<Self>,
-        component: Arc<ComponentRuntime>,
-        channel: Arc<BoundChannel>,
-        sub: Box<dyn Subscription>,
-        stop: CancellationToken,
-    ) {
-        let this = self.clone();
-        let spec = &channel.spec;
-        let metrics = Arc::new(self.metrics.delivery(&DeliverySource {
-            app: &component.app_name,
-            component: &component.spec.id,
-            channel: &spec.name,
-            link: &spec.link,
-            address: &spec.address,
-        }));
-        self.tasks
-            .spawn(async move { this.pump(component, channel, metrics, sub, stop).await });
-    }
-
-    /// Pulls deliveries only when a handler slot of the component is free,
-    /// so a slow component pushes back on its broker instead of piling
-    /// events up in memory. When `stop` is cancelled, settles what the
-    /// subscription still holds.
-    async fn pump(
-        self: Arc<Self>,
-        component: Arc<ComponentRuntime>,
-        channel: Arc<BoundChannel>,
-        metrics: Arc<DeliveryMetrics>,
-        mut sub: Box<dyn Subscription>,
-        stop: CancellationToken,
-    ) {
-        /// Deliveries a pump takes before it lets others run.
-        const TURN: u32 = 8;
-        let mut taken: u32 = 0;
-        loop {
-            let permit = tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                permit = component.in_flight.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break, // never closed
-                },
-            };
-            let delivery = tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                delivery = sub.next() => delivery,
-            };
-            let Some(delivery) = delivery else {
-                tracing::warn!(app = %component.app_name, component = %component.spec.id, channel = %channel.spec.name, "the broker ended the subscription");
-                return;
-            };
-            metrics.received.inc();
-            self.spawn_handler(&component, &channel, &metrics, delivery, permit);
-            // Competing consumers in this process take turns every few
-            // deliveries (a yield per delivery cost a third of the embedded
-            // relay's throughput).
-            taken = taken.wrapping_add(1);
-            if taken.is_multiple_of(TURN) {
-                tokio::task::yield_now().await;
-            }
-        }
-        self.settle_leftovers(&component, &channel, &metrics, sub)
-            .await;
-    }
-
-    /// Handles a delivery in a task of its own, holding one of the
-    /// component's handler slots until it is done.
-    fn spawn_handler(
-        self: &Arc<Self>,
-        component: &Arc<ComponentRuntime>,
-        channel: &Arc<BoundChannel>,
-        metrics: &Arc<DeliveryMetrics>,
-        delivery: Delivery,
-        slot: tokio::sync::OwnedSemaphorePermit,
-    ) {
-        let (this, component, channel, metrics) = (
-            self.clone(),
-            component.clone(),
-            channel.clone(),
-            metrics.clone(),
-        );
-        self.tasks.spawn(async move {
-            use std::sync::atomic::Ordering::Relaxed;
-            component.running.fetch_add(1, Relaxed);
-            this.handle(&component, &channel, &metrics, delivery).await;
-            component.running.fetch_sub(1, Relaxed);
-            drop(slot);
-        });
-    }
-
-    /// Stops the subscription and settles what it had taken from the broker
-    /// but not handed out: handed back at once where the broker takes it
-    /// back, handled here (within the shutdown deadline) where it cannot.
-    async fn settle_leftovers(
-        self: &Arc<Self>,
-        component: &Arc<ComponentRuntime>,
-        channel: &Arc<BoundChannel>,
-        metrics: &Arc<DeliveryMetrics>,
-        mut sub: Box<dyn Subscription>,
-    ) {
-        sub.stop().await;
-        let mut handed_back = 0usize;
-        loop {
-            let delivery = tokio::select! {
-                biased;
-                _ = self.deadline.cancelled() => break,
-                delivery = sub.next() => delivery,
-            };
-            let Some(delivery) = delivery else { break };
-            if delivery.redelivers() {
-                let (event, _, ack) = delivery.into_shared_parts();
-                if let Err(e) = ack.nack(Duration::ZERO).await {
-                    tracing::warn!(event_id = %event.id, channel = %channel.spec.name, "cannot hand an event back ({e}); the broker redelivers it once its own timeout passes");
-                }
-                handed_back += 1;
-                continue;
-            }
-            // The broker cannot take it back: this process is its only chance.
-            let permit = tokio::select! {
-                biased;
-                _ = self.deadline.cancelled() => {
-                    self.lost(component, channel, delivery.event(), "the shutdown deadline passed before it could be handled");
-                    break;
-                }
-                permit = component.in_flight.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            metrics.received.inc();
-            self.spawn_handler(component, channel, metrics, delivery, permit);
-        }
-        if self.deadline.is_cancelled() {
-            // What is buffered still comes out at once; nothing may vanish
-            // without a line in the log.
-            while let Some(Some(delivery)) = sub.next().now_or_never() {
-                if !delivery.redelivers() {
-                    self.lost(
-                        component,
-                        channel,
-                        delivery.event(),
-                        "the shutdown deadline passed before it could be handled",
-                    );
-                }
-            }
-        }
-        if handed_back > 0 {
-            tracing::info!(app = %component.app_name, component = %component.spec.id, channel = %channel.spec.name, "handed back {handed_back} events taken from the broker but not started");
-        }
     }
 
     /// Runs one delivery to its end under the rules in the module docs.

@@ -15,7 +15,7 @@
 use super::budget::{Budget, IdleInstances, Slot};
 use super::{InstanceIdentity, PreparedComponent, State, lanes};
 use crate::app::InstanceReuse;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::Store;
@@ -33,6 +33,8 @@ pub struct Instances {
     pub(super) holder: usize,
     created: AtomicU64,
     reused: AtomicU64,
+    /// Set when a reload replaced the component: no instance is kept.
+    retired: AtomicBool,
 }
 
 /// An instance with its store, between two events or in the middle of one.
@@ -79,6 +81,7 @@ impl Instances {
                 budget: budget.clone(),
                 created: AtomicU64::new(0),
                 reused: AtomicU64::new(0),
+                retired: AtomicBool::new(false),
             }
         })
     }
@@ -90,6 +93,19 @@ impl Instances {
             self.created.load(Ordering::Relaxed),
             self.reused.load(Ordering::Relaxed),
         )
+    }
+
+    /// What its instances are made from.
+    pub fn component(&self) -> &PreparedComponent {
+        &self.component
+    }
+
+    /// A new version replaces the component: its warm instances are
+    /// dropped now, and those under way when they finish.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        let idle = std::mem::take(&mut *self.lock());
+        drop(idle);
     }
 
     /// How many warm instances wait for events now.
@@ -127,6 +143,7 @@ impl Instances {
     pub(super) fn put_back(&self, mut warm: Warm, afterwards: Afterwards) {
         let keep = warm.uses < warm.max_uses
             && !warm.idle_timeout.is_zero()
+            && !self.retired.load(Ordering::Relaxed)
             && (afterwards == Afterwards::Succeeded || self.reuse.after_error);
         if !keep {
             return;

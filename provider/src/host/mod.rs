@@ -284,6 +284,15 @@ pub struct PreparedComponent {
     pre: bindings::ServicePre<State>,
     /// Where its `on-receive` export is, found once.
     on_receive: wasmtime::component::ComponentExportIndex,
+    /// The SHA-256 of its bytes: what tells a reload whether it changed.
+    digest: [u8; 32],
+}
+
+impl PreparedComponent {
+    /// Whether both were made from the same bytes.
+    pub fn same_code(&self, other: &PreparedComponent) -> bool {
+        self.digest == other.digest
+    }
 }
 
 /// `on-receive` as the host calls it: the event lowered from a borrow.
@@ -422,9 +431,25 @@ impl Host {
             .get_export_index(None, HANDLER_INTERFACE)
             .and_then(|handler| component.get_export_index(Some(&handler), "on-receive"))
             .with_context(|| format!("{} does not export {HANDLER_INTERFACE}", path.display()))?;
-        let prepared = PreparedComponent { pre, on_receive };
+        let prepared = PreparedComponent {
+            pre,
+            on_receive,
+            digest,
+        };
         let mut map = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
         Ok(map.entry(digest).or_insert(prepared).clone())
+    }
+
+    /// Forgets compiled components no longer in use (a reload replaced
+    /// them), keeping those of `in_use`; running instances keep their own.
+    pub fn forget_other_components<'a>(
+        &self,
+        in_use: impl IntoIterator<Item = &'a PreparedComponent>,
+    ) {
+        let keep: std::collections::HashSet<[u8; 32]> =
+            in_use.into_iter().map(|c| c.digest).collect();
+        let mut map = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|digest, _| keep.contains(digest));
     }
 
     /// The instances of one component of an app: `who` it runs as, reused

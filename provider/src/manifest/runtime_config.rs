@@ -60,6 +60,9 @@ const SPIN_KEYS: &[&str] = &[
 pub struct RuntimeConfig {
     /// Links by name, settings checked, not yet connected.
     pub links: BTreeMap<String, Box<dyn PreparedLink>>,
+    /// Each link's table as written: a reload keeps a link's connection
+    /// while it is unchanged.
+    pub link_settings: BTreeMap<String, toml::Value>,
     /// `[key_value_store.<label>]` tables; `default` is each app's own
     /// unless rebound here.
     pub key_value_stores: BTreeMap<String, StoreConfig>,
@@ -94,6 +97,10 @@ impl RuntimeConfig {
             .expect("the embedded link's defaults are valid");
         RuntimeConfig {
             links: BTreeMap::from([("default".to_string(), default)]),
+            link_settings: BTreeMap::from([(
+                "default".to_string(),
+                toml::Value::Table(Default::default()),
+            )]),
             key_value_stores: BTreeMap::new(),
             state_dir: None,
             log_dir: None,
@@ -152,9 +159,11 @@ impl RuntimeConfig {
                                 ));
                                 continue;
                             }
+                            let written = def.clone();
                             match prepare_link(&src, &link_at, def, registry) {
                                 Ok(link) => {
                                     defined_in.insert(name.clone(), path.to_path_buf());
+                                    config.link_settings.insert(name.clone(), written);
                                     config.links.insert(name, link);
                                 }
                                 Err(e) => errors.push(e),
