@@ -214,6 +214,9 @@ pub struct Reloaded {
     pub removed: Vec<String>,
     /// Links connected anew (new, or their settings changed).
     pub reconnected: Vec<String>,
+    /// What the new versions could not start (a subscription the broker
+    /// refused for good), with why; the rest runs.
+    pub failed: Vec<String>,
 }
 
 impl Reloaded {
@@ -239,6 +242,9 @@ impl std::fmt::Display for Reloaded {
                 let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
                 parts.push(format!("{what}: {}", quoted.join(", ")));
             }
+        }
+        if !self.failed.is_empty() {
+            parts.push(format!("could not start: {}", self.failed.join("; ")));
         }
         f.write_str(&parts.join("; "))
     }
@@ -342,17 +348,10 @@ impl Provider {
         let _one_at_a_time = self.reloading.lock().await;
         let old = self.loaded.load_full();
         let assembled = assemble(&self.options, &self.dispatcher, &self.stores, &old).await?;
-        let new_links = |assembled: &Assembled| -> Vec<Arc<dyn Broker>> {
-            assembled
-                .connected
-                .iter()
-                .map(|name| assembled.loaded.links[name].broker.clone())
-                .collect()
-        };
         for name in &assembled.fresh {
             if let Err(e) = assembled.loaded.apps[name].declare_channels().await {
-                for link in new_links(&assembled) {
-                    link.close().await;
+                for name in &assembled.connected {
+                    assembled.loaded.links[name].broker.close().await;
                 }
                 return Err(e);
             }
@@ -370,7 +369,6 @@ impl Provider {
             reconnected: connected,
             ..Reloaded::default()
         };
-        let mut failed = Vec::new();
         for name in &fresh {
             let app = &loaded.apps[name];
             let started = match old.apps.get(name) {
@@ -386,7 +384,7 @@ impl Provider {
                 }
             };
             if let Err(e) = started {
-                failed.push(format!("{e:#}"));
+                report.failed.push(format!("{e:#}"));
             }
         }
         for (name, before) in &old.apps {
@@ -436,13 +434,7 @@ impl Provider {
                 }
             });
         }
-        match failed.is_empty() {
-            true => Ok(report),
-            false => Err(anyhow::anyhow!(
-                "reloaded ({report}), but not every subscription could start: {}",
-                failed.join("; ")
-            )),
-        }
+        Ok(report)
     }
 
     /// The files a reload reads: manifests (or the locked app), the

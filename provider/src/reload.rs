@@ -93,6 +93,9 @@ impl ReloadTriggers {
             Ok(report) => {
                 self.last_failure = None;
                 match (&cause, report.is_empty()) {
+                    _ if !report.failed.is_empty() => {
+                        tracing::error!("reloaded ({cause}), not wholly: {report}")
+                    }
                     (Cause::Changed(_), true) => {
                         tracing::debug!("reload ({cause}): {report}")
                     }

@@ -181,10 +181,12 @@ async fn current(
     waited_for: Arc<Target>,
     permit: OwnedSemaphorePermit,
 ) -> (Arc<Target>, OwnedSemaphorePermit) {
-    let now = pump.target.load_full();
-    if Arc::ptr_eq(&now, &waited_for)
-        || Arc::ptr_eq(&now.component.in_flight, &waited_for.component.in_flight)
-    {
+    let now = pump.target.load();
+    if Arc::ptr_eq(&now, &waited_for) {
+        return (waited_for, permit);
+    }
+    let now = arc_swap::Guard::into_inner(now);
+    if Arc::ptr_eq(&now.component.in_flight, &waited_for.component.in_flight) {
         return (now, permit);
     }
     match now.component.in_flight.clone().acquire_owned().await {
