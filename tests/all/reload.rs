@@ -8,7 +8,7 @@ use crate::faults::{
 };
 use crate::support::*;
 use messaging_provider::broker::Broker;
-use messaging_provider::provider::{Provider, ProviderOptions};
+use messaging_provider::provider::Provider;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -91,21 +91,6 @@ fn rebuilt(wasm: &[u8], mark: &str) -> Vec<u8> {
     out
 }
 
-async fn load_reloadable(manifest: &Path, rc: &Path) -> Provider {
-    init_logging();
-    let provider = Provider::load(ProviderOptions {
-        manifests: vec![manifest.to_path_buf()],
-        runtime_config: Some(rc.to_path_buf()),
-        host: test_host(),
-        output: quiet(),
-        ..ProviderOptions::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("the provider did not load: {e:#}"));
-    provider.start().await.unwrap();
-    provider
-}
-
 async fn handled_by(provider: &Provider, results: &mut Watch, id: &str) -> String {
     send(provider, "reloaded", "inbox", event(id, "t")).await;
     let result = results.next_with_id(id).await;
@@ -132,7 +117,7 @@ done = {{ kind = "queue", link = "local", address = "{base}.done" }}"#
     app.write("v1", &channels, "topic:results");
     let rc = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(rc.path(), two_links("5s")).unwrap();
-    let provider = load_reloadable(&app.manifest(), rc.path()).await;
+    let provider = start(&[&app.manifest()], Some(rc.path())).await;
     let mut results = watch(&provider, "reloaded", "results").await;
     assert_eq!(handled_by(&provider, &mut results, "e1").await, "v1");
 
@@ -227,7 +212,7 @@ done = {{ kind = "queue", address = "{base}.done" }}"#
     write("v1");
     let rc = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(rc.path(), "").unwrap();
-    let provider = load_reloadable(&app.manifest(), rc.path()).await;
+    let provider = start(&[&app.manifest()], Some(rc.path())).await;
     let mut results = watch(&provider, "reloaded", "results").await;
     let mut subscribe = event("sub", "probe.subscribe");
     subscribe.subject = Some("topic:extra".into());
