@@ -72,8 +72,8 @@ for target in "${TARGETS[@]}"; do
     summary+=("$line")
 done
 
-# The loader targets' scratch files.
-rm -rf fuzz/scratch
+# The loader targets' scratch files (fuzz_checks::scratch_dir).
+rm -rf "${TMPDIR:-/tmp}"/trigger-messaging-fuzz-*
 
 echo
 printf '%-16s %10s %9s  %s\n' target inputs seconds result

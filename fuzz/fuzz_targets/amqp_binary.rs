@@ -3,11 +3,6 @@
 //! The first input byte picks the mode (see `fuzz_checks`).
 #![no_main]
 
-use fuzz_checks::{Binding, fuzz_binding};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    for binding in [Binding::Amqp] {
-        fuzz_binding(binding, data);
-    }
-});
+fuzz_target!(|data: &[u8]| fuzz_checks::target("amqp_binary")(data));

@@ -3,9 +3,6 @@
 //! event. The first input byte picks the mode (see `fuzz_checks`).
 #![no_main]
 
-use fuzz_checks::{Binding, fuzz_binding};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    fuzz_binding(Binding::Kafka, data);
-});
+fuzz_target!(|data: &[u8]| fuzz_checks::target("kafka_record")(data));

@@ -14,12 +14,15 @@
 //!    which is encoded in both modes and decoded again.
 
 use arbitrary::{Result as ArbResult, Unstructured};
+use messaging_provider::broker::LinkRegistry;
 use messaging_provider::cloudevents::inbound::{self, MALFORMED_TYPE, Received};
 use messaging_provider::cloudevents::{
     ContentMode, Event, JSON_FORMAT, amqp, http as ce_http, json, kafka, mqtt, nats, redis,
 };
+use messaging_provider::manifest::{LockedAppLocation, RuntimeConfig, load_app, load_locked_app};
 use std::borrow::Cow;
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::OnceLock;
 
 /// Where a message comes from and how it is decoded there.
@@ -49,7 +52,10 @@ pub enum Binding {
 impl Binding {
     /// Bindings whose messages are a payload and nothing else.
     fn payload_only(self) -> bool {
-        matches!(self, Binding::Json | Binding::Mqtt311 | Binding::RedisPubSub)
+        matches!(
+            self,
+            Binding::Json | Binding::Mqtt311 | Binding::RedisPubSub
+        )
     }
 }
 
@@ -108,11 +114,7 @@ impl Message {
         }
         Ok(Message {
             entries,
-            body: if u.ratio(7, 8)? {
-                Some(body(u)?)
-            } else {
-                None
-            },
+            body: if u.ratio(7, 8)? { Some(body(u)?) } else { None },
             link: u.arbitrary()?,
             address: u.arbitrary()?,
         })
@@ -155,12 +157,7 @@ fn decode(
     let text_entries: Vec<(String, String)> = message
         .entries
         .iter()
-        .map(|(k, v)| {
-            (
-                inbound::text(k).into_owned(),
-                inbound::text(v).into_owned(),
-            )
-        })
+        .map(|(k, v)| (inbound::text(k).into_owned(), inbound::text(v).into_owned()))
         .collect();
     // AMQP and MQTT 5 carry the content type apart from the metadata.
     let content_type = message
@@ -185,9 +182,7 @@ fn decode(
                 .collect();
             nats::decode(&pairs, body, origin)
         }
-        Binding::Amqp => {
-            amqp::BINARY.decode_message(&apart, content_type.as_deref(), body, origin)
-        }
+        Binding::Amqp => amqp::BINARY.decode_message(&apart, content_type.as_deref(), body, origin),
         Binding::Mqtt5 => {
             let properties: Vec<(String, String)> =
                 apart.iter().map(|(k, v)| (k.clone(), lossy(v))).collect();
@@ -262,7 +257,10 @@ pub fn check_inbound(binding: Binding, message: &Message) {
 /// `event` encoded on `binding` in each mode and decoded again; the flag
 /// says the mode carries the data as the whole body, where no data and
 /// empty data are the same message.
-fn round_trips(binding: Binding, event: &Event) -> Vec<(&'static str, bool, Result<Event, String>)> {
+fn round_trips(
+    binding: Binding,
+    event: &Event,
+) -> Vec<(&'static str, bool, Result<Event, String>)> {
     let origin = ("fuzz", "fuzz.address");
     let mut out = Vec::new();
     match binding {
@@ -326,7 +324,11 @@ fn round_trips(binding: Binding, event: &Event) -> Vec<(&'static str, bool, Resu
             let fields = redis::encode_fields(event);
             out.push(("redis fields", false, redis::decode_fields(&fields, origin)));
             let fields = redis::structured_fields(event);
-            out.push(("redis structured", false, redis::decode_fields(&fields, origin)));
+            out.push((
+                "redis structured",
+                false,
+                redis::decode_fields(&fields, origin),
+            ));
         }
     }
     out
@@ -524,7 +526,15 @@ pub fn arbitrary_event(u: &mut Unstructured) -> ArbResult<Event> {
     Ok(event)
 }
 
-const PREFIXES: &[&str] = &["", "ce-", "CE-", "Ce_", "cloudEvents_", "cloudevents:", "cloudEvents"];
+const PREFIXES: &[&str] = &[
+    "",
+    "ce-",
+    "CE-",
+    "Ce_",
+    "cloudEvents_",
+    "cloudevents:",
+    "cloudEvents",
+];
 
 fn entry_name(u: &mut Unstructured) -> ArbResult<Vec<u8>> {
     Ok(match u.int_in_range(0..=5)? {
@@ -568,19 +578,136 @@ fn body(u: &mut Unstructured) -> ArbResult<Vec<u8>> {
 
 // --- Loaders --------------------------------------------------------------------
 
+/// Every fuzz target by name, as `fuzz_targets/<name>.rs` runs it on each
+/// input. The test suite runs the committed corpus and a bounded number of
+/// random inputs through these same functions, so every target is built
+/// and run in every CI run; `scripts/fuzz.sh` runs them under libFuzzer.
+pub const TARGETS: [(&str, fn(&[u8])); 10] = [
+    ("json", json_target),
+    ("nats_binary", |data| fuzz_binding(Binding::Nats, data)),
+    ("amqp_binary", |data| fuzz_binding(Binding::Amqp, data)),
+    ("mqtt_binary", mqtt_target),
+    ("http_binding", |data| fuzz_binding(Binding::Http, data)),
+    ("redis_fields", |data| {
+        fuzz_binding(Binding::RedisStream, data)
+    }),
+    ("kafka_record", |data| fuzz_binding(Binding::Kafka, data)),
+    ("manifest", manifest_target),
+    ("locked_app", locked_app_target),
+    ("runtime_config", runtime_config_target),
+];
+
+/// The target of that name.
+pub fn target(name: &str) -> fn(&[u8]) {
+    TARGETS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no fuzz target {name}"))
+        .1
+}
+
+/// The JSON format as it is, and as Redis pub/sub payloads are read.
+fn json_target(data: &[u8]) {
+    for binding in [Binding::Json, Binding::RedisPubSub] {
+        fuzz_binding(binding, data);
+    }
+}
+
+/// MQTT 5 with properties, and MQTT 3.1.1 payloads.
+fn mqtt_target(data: &[u8]) {
+    for binding in [Binding::Mqtt5, Binding::Mqtt311] {
+        fuzz_binding(binding, data);
+    }
+}
+
+/// spin.toml (`manifest::load_app`). The loader reads only this file
+/// (component sources are checked to exist, not read), so any input is
+/// safe to load.
+fn manifest_target(data: &[u8]) {
+    let dir = scratch_dir("manifest");
+    let path = dir.join("spin.toml");
+    std::fs::write(&path, data).expect("cannot write spin.toml");
+    if let Err(errors) = load_app(&path, &|link| link == "default") {
+        assert_located(&path, &errors);
+    }
+}
+
+/// The Spin locked app (`manifest::load_locked_app`).
+fn locked_app_target(data: &[u8]) {
+    let dir = scratch_dir("locked_app");
+    let mut origin = None;
+    if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(data) {
+        // The loader reads the spin.toml `metadata.origin` names: not
+        // /dev/zero and the like.
+        let mut strings = Vec::new();
+        json_strings(&doc, &mut strings);
+        if names_special_file(strings.iter().map(String::as_str), dir) {
+            return;
+        }
+        origin = doc["metadata"]["origin"]
+            .as_str()
+            .and_then(|u| url::Url::parse(u).ok()?.to_file_path().ok());
+    }
+    let lock = dir.join("spin.lock");
+    std::fs::write(&lock, data).expect("cannot write the lock");
+    let location = LockedAppLocation {
+        lock: lock.clone(),
+        working_dir: dir.to_path_buf(),
+        local_app_dir: None,
+    };
+    if let Err(errors) = load_locked_app(&location, &|link| link == "default") {
+        // Errors point at the lock, or at the spin.toml it came from when
+        // that can be read.
+        let files: Vec<&Path> = [Some(lock.as_path()), origin.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_located_in(&files, &errors);
+    }
+}
+
+/// The same bytes read as Spin's runtime config and as the messaging
+/// runtime config (`RuntimeConfig::load_files`).
+fn runtime_config_target(data: &[u8]) {
+    let dir = scratch_dir("runtime_config");
+    // Links read the files their settings name (CA, certificate, key,
+    // credentials): not /dev/zero and the like.
+    if let Some(table) = std::str::from_utf8(data)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+    {
+        let mut strings = Vec::new();
+        toml_strings(&toml::Value::Table(table), &mut strings);
+        if names_special_file(strings.iter().map(String::as_str), dir) {
+            return;
+        }
+    }
+    let path = dir.join("runtime-config.toml");
+    std::fs::write(&path, data).expect("cannot write the runtime config");
+    let registry = LinkRegistry::default();
+    for (spin, messaging) in [(Some(path.as_path()), None), (None, Some(path.as_path()))] {
+        if let Err(errors) = RuntimeConfig::load_files(spin, messaging, &registry) {
+            assert_located(&path, &errors);
+        }
+    }
+}
+
 /// A directory of this process's own for a loader target's files, holding
 /// an empty `probe.wasm` that manifests can name as a component (the
-/// loaders check that it exists, nothing more). Under `fuzz/scratch/`,
-/// which `scripts/fuzz.sh` removes.
+/// loaders check that it exists, nothing more). In the system's temporary
+/// directory, so that the test suite, which runs these targets too, leaves
+/// nothing in the repository.
 pub fn scratch_dir(target: &str) -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("scratch")
-            .join(format!("{target}-{}", std::process::id()));
+    static DIRS: OnceLock<std::sync::Mutex<HashMap<String, &'static Path>>> = OnceLock::new();
+    let mut dirs = DIRS.get_or_init(Default::default).lock().unwrap();
+    dirs.entry(target.to_string()).or_insert_with(|| {
+        let dir = std::env::temp_dir().join(format!(
+            "trigger-messaging-fuzz-{target}-{}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).expect("cannot make the scratch directory");
         std::fs::write(dir.join("probe.wasm"), b"").expect("cannot write probe.wasm");
-        dir
+        Box::leak(dir.into_boxed_path())
     })
 }
 
@@ -599,10 +726,7 @@ pub fn names_special_file<'a>(strings: impl IntoIterator<Item = &'a str>, base: 
     };
     strings.into_iter().any(|s| {
         let mut paths: Vec<Cow<Path>> = vec![Path::new(s).into(), base.join(s).into()];
-        if let Some(path) = url::Url::parse(s)
-            .ok()
-            .and_then(|u| u.to_file_path().ok())
-        {
+        if let Some(path) = url::Url::parse(s).ok().and_then(|u| u.to_file_path().ok()) {
             paths.push(path.into());
         }
         paths.iter().any(|p| risky(p))

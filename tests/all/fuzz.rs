@@ -335,3 +335,59 @@ fn fuzz_findings_stay_fixed() {
         assert_located(&lock, &errors.expect("not a locked app"));
     }
 }
+
+/// The cargo-fuzz targets' own checks (`fuzz/src/lib.rs`), built into the
+/// suite so that every target compiles and holds in every run.
+#[path = "../../fuzz/src/lib.rs"]
+#[allow(dead_code)]
+mod fuzz_checks;
+
+/// Every cargo-fuzz target on its committed corpus, then on random inputs
+/// and on corpus entries with random bytes overwritten: `FUZZ_CASES` per
+/// target (default 256), a bounded run; `scripts/fuzz.sh` runs the same
+/// targets for longer under libFuzzer.
+#[test]
+fn every_fuzz_target_holds_on_its_corpus_and_random_inputs() {
+    use proptest::collection::vec;
+    use proptest::test_runner::{Config, TestRunner};
+    let corpus_root = crate::support::repo().join("fuzz").join("corpus");
+    let cases = crate::faults::scale("FUZZ_CASES", 256) as u32;
+    for (name, target) in fuzz_checks::TARGETS {
+        let mut corpus = Vec::new();
+        for entry in std::fs::read_dir(corpus_root.join(name)).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            if std::panic::catch_unwind(|| target(&bytes)).is_err() {
+                panic!("fuzz target {name} fails on {}", path.display());
+            }
+            corpus.push(bytes);
+        }
+        assert!(!corpus.is_empty(), "fuzz target {name} has no corpus");
+        let mutated = (0..corpus.len(), vec((any::<usize>(), any::<u8>()), 1..8)).prop_map(
+            move |(i, writes)| {
+                let mut bytes = corpus[i].clone();
+                for (at, byte) in writes {
+                    if !bytes.is_empty() {
+                        let len = bytes.len();
+                        bytes[at % len] = byte;
+                    }
+                }
+                bytes
+            },
+        );
+        let config = Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        };
+        TestRunner::new(config)
+            .run(&prop_oneof![any::<Vec<u8>>(), mutated], |input| {
+                target(&input);
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("fuzz target {name}: {e}"));
+    }
+    for loader in ["manifest", "locked_app", "runtime_config"] {
+        let _ = std::fs::remove_dir_all(fuzz_checks::scratch_dir(loader));
+    }
+}

@@ -2,7 +2,8 @@
 //! (confluent-kafka, kafka-python) with the CloudEvents Python SDK's Kafka
 //! binding, through a guest, both ways; two processes sharing a queue's
 //! partitions; a nack's retry record waiting without holding up the topic;
-//! settings and names checked at load.
+//! settings and names checked at load; SASL SCRAM against a private broker
+//! that requires it.
 //!
 //! The broker here is tansu (a Kafka-protocol broker, one node, in memory):
 //! topics get one replica.
@@ -12,9 +13,80 @@ use crate::support::*;
 use messaging_provider::broker::{LinkRegistry, SubscribeMode};
 use messaging_provider::cloudevents::Event;
 use messaging_provider::manifest::{RuntimeConfig, load_app_with_links};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const LINK: &str = "type = \"kafka\"\nreplication_factor = 1\n";
+
+/// A private tansu listening on `port`, telling clients it is at
+/// `advertised` (the same port, unless something stands in front), keeping
+/// its data in SQLite under `dir` so that it survives a restart.
+pub fn tansu(port: u16, advertised: u16, dir: &Path) -> Command {
+    let mut c = Command::new("tansu");
+    c.current_dir(dir)
+        .arg("broker")
+        .arg(format!("--listener-url=tcp://127.0.0.1:{port}"))
+        .arg(format!(
+            "--advertised-listener-url=tcp://127.0.0.1:{advertised}"
+        ))
+        .arg("--storage-engine=sqlite://tansu.db");
+    c
+}
+
+/// A private tansu that survives restarts.
+pub fn tansu_server(port: u16, dir: &Path) -> Command {
+    tansu(port, port, dir)
+}
+
+/// The same, requiring SASL.
+fn tansu_with_authentication(port: u16, dir: &Path) -> Command {
+    let mut c = tansu(port, port, dir);
+    c.arg("--authentication");
+    c
+}
+
+/// A link on the private SASL broker: SCRAM with `user`'s `password`.
+fn sasl_link(port: u16, mechanism: &str, user: &str, password: &str) -> String {
+    format!(
+        "type = \"kafka\"\nbrokers = [\"127.0.0.1:{port}\"]\nreplication_factor = 1\n\
+         sasl_mechanism = \"{mechanism}\"\nuser = \"{user}\"\npassword = \"{password}\"\n"
+    )
+}
+
+/// SASL SCRAM-SHA-256 and SCRAM-SHA-512 (tansu has no PLAIN) against a
+/// broker that lets nothing else in: the users are made while it is open,
+/// then it restarts requiring authentication. Each mechanism carries a
+/// round trip through a guest; an unknown user is refused, and the
+/// provider serves its other channels meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn sasl_scram_users_get_in_and_strangers_do_not() {
+    let mut server = crate::links::PrivateServer::start(tansu_server);
+    for (user, mechanism) in [("alice", "scram256"), ("bob", "scram512")] {
+        let out = Command::new("tansu")
+            .args(["user", "create", user, &format!("{user}-secret")])
+            .arg(format!("--mechanism={mechanism}"))
+            .arg(format!("--broker=tcp://127.0.0.1:{}", server.port))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tansu user create {user}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    server.stop();
+    server.restart_as(tansu_with_authentication);
+    for (mechanism, user) in [("SCRAM-SHA-256", "alice"), ("SCRAM-SHA-512", "bob")] {
+        let link = sasl_link(server.port, mechanism, user, &format!("{user}-secret"));
+        crate::tls::round_trip(&link).await;
+    }
+    let quick = "publish_timeout = \"1s\"\n";
+    for (user, password) in [("mallory", "guess"), ("alice", "guess")] {
+        let stranger = sasl_link(server.port, "SCRAM-SHA-256", user, password);
+        crate::tls::refused(&format!("{stranger}{quick}")).await;
+    }
+}
 
 fn kafka_client(args: &[&str]) -> serde_json::Value {
     let out = interop("kafka_client.py", args).output().unwrap();

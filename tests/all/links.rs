@@ -81,6 +81,13 @@ impl PrivateServer {
         self.child = Some(child);
     }
 
+    /// Starts the server again as `command` makes it, on the same port and
+    /// with the same data directory.
+    pub fn restart_as(&mut self, command: fn(u16, &std::path::Path) -> Command) {
+        self.command = command;
+        self.restart();
+    }
+
     /// Stops the server as an operator would (SIGTERM to everything it
     /// started), and waits for it to exit; killed if it takes over 30 s.
     pub fn stop(&mut self) {

@@ -394,10 +394,15 @@ fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>
     lines
 }
 
+/// Runs the provider binary with `args`, collecting its output; its log
+/// filter is `info`, or `TEST_PROVIDER_LOG` when set (to debug a test).
 pub fn run(args: &[&str]) -> Running {
     let mut child = Command::new(BIN)
         .args(args)
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_PROVIDER_LOG").unwrap_or("info".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -2,7 +2,8 @@
 //! only TLS and requiring a client certificate, carries a round trip through
 //! a guest; the same link without the client certificate, or without the
 //! CA that signed the server's certificate, is refused. The TLS settings are
-//! checked when the runtime config loads.
+//! checked when the runtime config loads. Kafka's private server (tansu)
+//! has no TLS of its own: a TLS front of the test's stands before it.
 
 use crate::links::{PrivateServer, app_on, served_while_away};
 use crate::manifest::{assert_error, runtime_config_errors};
@@ -15,6 +16,7 @@ use rcgen::{
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 /// A test CA, a server certificate for `localhost` and `127.0.0.1`, and a
 /// client certificate, as PEM files in one directory.
@@ -84,7 +86,7 @@ fn pki() -> &'static Pki {
 
 /// An event published on the link's `feed` reaches the guest over the link
 /// and comes back on the local `results` channel.
-async fn round_trip(settings: &str) {
+pub(crate) async fn round_trip(settings: &str) {
     let base = unique("tls");
     let (app, rc) = app_on(settings, &base);
     let provider = start(&[&app.manifest], Some(rc.path())).await;
@@ -100,7 +102,7 @@ async fn round_trip(settings: &str) {
 /// The link cannot get through the server's TLS: the provider starts (the
 /// link keeps retrying), publishing to it fails fast, and the app's other
 /// channels are served.
-async fn refused(settings: &str) {
+pub(crate) async fn refused(settings: &str) {
     let (app, rc) = app_on(settings, "tls.refused");
     let provider = start(&[&app.manifest], Some(rc.path())).await;
     let mut results = watch(&provider, "linkapp", "results").await;
@@ -243,6 +245,78 @@ async fn amqp_over_mutual_tls() {
     mutual_tls(&format!(
         "type = \"amqp\"\nurl = \"amqps://guest:guest@localhost:{}/%2f\"\n",
         server.port
+    ))
+    .await;
+}
+
+/// Where the private tansu behind the TLS front says it is: the front.
+static KAFKA_FRONT: AtomicU16 = AtomicU16::new(0);
+
+fn tansu_behind_the_front(port: u16, dir: &Path) -> Command {
+    crate::kafka::tansu(port, KAFKA_FRONT.load(Ordering::SeqCst), dir)
+}
+
+/// tansu, the Kafka-protocol broker here, has no TLS (0.6.0 takes `--cert`
+/// and `--key` and still serves plain TCP). This front, the test's own,
+/// serves only TLS on `port` with the server certificate, requires a client
+/// certificate signed by the test CA, and passes the bytes on to `backend`.
+fn tls_front(port: u16, backend: u16) -> tokio::task::JoinHandle<()> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let pki = pki();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(pki.path("ca.pem")).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()
+            .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from_pem_file(pki.path("server.pem")).unwrap()],
+            PrivateKeyDer::from_pem_file(pki.path("server.key")).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A client without a valid certificate ends here.
+                let Ok(mut client) = acceptor.accept(client).await else {
+                    return;
+                };
+                if let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    })
+}
+
+/// Kafka over TLS with a client certificate, through the front above: the
+/// link's `tls`, `ca_file`, `cert_file` and `key_file` reach librdkafka, which
+/// checks the server's certificate against the CA and the address.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_over_mutual_tls() {
+    let front = free_port();
+    KAFKA_FRONT.store(front, Ordering::SeqCst);
+    let server = PrivateServer::start(tansu_behind_the_front);
+    let _front = tls_front(front, server.port);
+    mutual_tls(&format!(
+        "type = \"kafka\"\nbrokers = [\"127.0.0.1:{front}\"]\nreplication_factor = 1\ntls = true\n"
     ))
     .await;
 }

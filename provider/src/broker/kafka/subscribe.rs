@@ -30,7 +30,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
@@ -123,6 +123,9 @@ pub struct Tracker {
     handed: AtomicUsize,
     /// Set once the group has given this member its share.
     joined: tokio::sync::watch::Sender<bool>,
+    /// Counts the revocations: a record read before the last one is not
+    /// handed out (its partition's next owner reads it again).
+    assignment: AtomicU64,
 }
 
 impl Default for Tracker {
@@ -134,6 +137,7 @@ impl Default for Tracker {
             failure: Mutex::default(),
             handed: AtomicUsize::new(0),
             joined: tokio::sync::watch::Sender::new(false),
+            assignment: AtomicU64::new(0),
         }
     }
 }
@@ -143,8 +147,12 @@ struct Part {
     pending: BTreeSet<i64>,
     /// One past the highest offset received.
     next: i64,
-    /// The committed position.
+    /// The position last sent to be committed (asynchronously: it may not
+    /// have been).
     committed: i64,
+    /// Where this member started reading the partition: what the group had
+    /// committed.
+    from: i64,
 }
 
 impl Part {
@@ -161,6 +169,7 @@ impl Tracker {
             .entry((topic.clone(), partition))
             .or_insert_with(|| Part {
                 committed: offset,
+                from: offset,
                 ..Part::default()
             });
         part.pending.insert(offset);
@@ -183,13 +192,23 @@ impl Tracker {
 
     /// Positions that moved since they were last taken, marked committed.
     fn positions(&self) -> TopicPartitionList {
+        self.positions_since(false)
+    }
+
+    /// Every position that moved since this member started reading, for a
+    /// last, synchronous commit.
+    fn final_positions(&self) -> TopicPartitionList {
+        self.positions_since(true)
+    }
+
+    fn positions_since(&self, start: bool) -> TopicPartitionList {
         let mut list = TopicPartitionList::new();
-        if !self.dirty.swap(false, Ordering::AcqRel) {
+        if !self.dirty.swap(false, Ordering::AcqRel) && !start {
             return list;
         }
         for ((topic, partition), part) in self.parts.lock().unwrap().iter_mut() {
             let position = part.position();
-            if position > part.committed {
+            if position > if start { part.from } else { part.committed } {
                 let _ = list.add_partition_offset(topic, *partition, Offset::Offset(position));
                 part.committed = position;
             }
@@ -198,15 +217,20 @@ impl Tracker {
     }
 
     /// Positions of revoked partitions, which are forgotten: their events
-    /// still under way go to the partitions' next owner.
+    /// still under way go to the partitions' next owner, and records read
+    /// ahead and not handed out are dropped (the committed position is at
+    /// or before them, so the next owner reads them again).
     fn release(&self, revoked: &TopicPartitionList) -> TopicPartitionList {
         let mut list = TopicPartitionList::new();
         let mut parts = self.parts.lock().unwrap();
+        self.assignment.fetch_add(1, Ordering::AcqRel);
         for elem in revoked.elements() {
             let key: (Arc<str>, i32) = (elem.topic().into(), elem.partition());
             if let Some(part) = parts.remove(&key) {
+                // Sent again even if sent before: an asynchronous commit
+                // refused during the rebalance would otherwise be lost.
                 let position = part.position();
-                if position > part.committed {
+                if position > part.from {
                     let _ = list.add_partition_offset(&key.0, key.1, Offset::Offset(position));
                 }
             }
@@ -238,6 +262,15 @@ struct Pending {
     offset: i64,
     /// For a retry record, when it is due.
     due: Option<Instant>,
+    /// The assignment it was read under ([`Tracker::assignment`]).
+    assignment: u64,
+}
+
+impl Pending {
+    /// Read under an assignment that has since been revoked.
+    fn revoked(&self, tracker: &Tracker) -> bool {
+        self.assignment != tracker.assignment.load(Ordering::Acquire)
+    }
 }
 
 /// Records read ahead of the dispatcher: the poll task waits while this
@@ -256,6 +289,8 @@ pub struct QueueSubscription {
     records: tokio::sync::mpsc::Receiver<Pending>,
     /// Retry records not yet due, per partition, in order.
     held: HashMap<i32, VecDeque<Pending>>,
+    /// The assignment `held` belongs to.
+    assignment: u64,
     stopping: bool,
     /// Dropped with the subscription: polling stops, the committer finishes.
     _closed: DropGuard,
@@ -323,6 +358,7 @@ impl QueueSubscription {
             retry_topic,
             records,
             held: HashMap::new(),
+            assignment: 0,
             stopping: false,
             _closed: closed.drop_guard(),
         })
@@ -337,6 +373,7 @@ impl QueueSubscription {
             partition,
             offset,
             due: _,
+            assignment: _,
         } = pending;
         self.tracker.handed.fetch_add(1, Ordering::AcqRel);
         let settle = |event: Arc<Event>| {
@@ -397,6 +434,15 @@ impl Subscription for QueueSubscription {
             if self.stopping {
                 return None;
             }
+            let assignment = self.tracker.assignment.load(Ordering::Acquire);
+            if assignment != self.assignment {
+                // Held retry records of a revoked assignment are dropped.
+                self.assignment = assignment;
+                self.held.retain(|_, queue| {
+                    queue.retain(|p| p.assignment == assignment);
+                    !queue.is_empty()
+                });
+            }
             if let Some(pending) = self.take_due(Instant::now()) {
                 return Some(self.deliver(pending));
             }
@@ -405,6 +451,9 @@ impl Subscription for QueueSubscription {
                 p = self.records.recv() => p?,
                 () = sleep_until(wake) => continue,
             };
+            if pending.revoked(&self.tracker) {
+                continue;
+            }
             // A retry record waits for its time, and what follows it in
             // its partition waits behind it: the main topic never does.
             let retry = Arc::ptr_eq(&pending.topic, &self.retry_topic);
@@ -509,6 +558,7 @@ impl Poller {
             partition: m.partition(),
             offset: m.offset(),
             due,
+            assignment: self.tracker.assignment.load(Ordering::Acquire),
         }
     }
 }
@@ -544,7 +594,7 @@ async fn commit(
         if positions.count() > 0
             && let Err(e) = consumer.commit(&positions, CommitMode::Async)
         {
-            tracing::warn!(link = %link, "Kafka: committing offsets failed ({e}); retrying");
+            tracing::warn!(link = %link, "Kafka: committing offsets failed ({e}); they are sent again before the partitions are given up");
         }
         if let Some(at) = closed_at
             && (tracker.under_way() == 0 || at.elapsed() >= SETTLE_GRACE)
@@ -553,7 +603,7 @@ async fn commit(
         }
     }
     let _ = tokio::task::spawn_blocking(move || {
-        let positions = tracker.positions();
+        let positions = tracker.final_positions();
         if positions.count() > 0 {
             let _ = consumer.commit(&positions, CommitMode::Sync);
         }
