@@ -163,7 +163,10 @@ impl Part {
 }
 
 impl Tracker {
-    fn taken(&self, topic: &Arc<str>, partition: i32, offset: i64) {
+    /// Records a record as read; returns the assignment it was read under,
+    /// read with the same lock a revocation takes, so that a record is
+    /// either in the revoked positions or of the new assignment.
+    fn taken(&self, topic: &Arc<str>, partition: i32, offset: i64) -> u64 {
         let mut parts = self.parts.lock().unwrap();
         let part = parts
             .entry((topic.clone(), partition))
@@ -174,6 +177,7 @@ impl Tracker {
             });
         part.pending.insert(offset);
         part.next = part.next.max(offset + 1);
+        self.assignment.load(Ordering::Acquire)
     }
 
     fn settled(&self, topic: &Arc<str>, partition: i32, offset: i64) {
@@ -499,7 +503,7 @@ impl Poller {
                 () = self.sender.closed() => break,
                 m = self.consumer.recv() => m,
             };
-            let pending = match received {
+            let mut pending = match received {
                 Ok(m) => {
                     self.consumer.context().connectivity.connected();
                     self.pending(&m)
@@ -510,8 +514,9 @@ impl Poller {
                     continue;
                 }
             };
-            self.tracker
-                .taken(&pending.topic, pending.partition, pending.offset);
+            pending.assignment =
+                self.tracker
+                    .taken(&pending.topic, pending.partition, pending.offset);
             let sent = tokio::select! {
                 () = closed.cancelled() => break,
                 sent = self.sender.send(pending) => sent,
@@ -558,7 +563,8 @@ impl Poller {
             partition: m.partition(),
             offset: m.offset(),
             due,
-            assignment: self.tracker.assignment.load(Ordering::Acquire),
+            // Set when the record is taken.
+            assignment: 0,
         }
     }
 }
