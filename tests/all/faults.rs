@@ -454,8 +454,9 @@ const KAFKA: Recovery = Recovery {
 /// partitions, a private tansu): a second provider joins, and once it has
 /// handled events the first stops (SIGTERM); then a third joins. Nothing
 /// is lost, poison events are dead-lettered, every replica handles a share,
-/// and what comes twice is at most what was in flight at each of the three
-/// rebalances. Handlers take 50 ms, 8 at a time per replica, so that the
+/// and no replica handles again what it had read ahead when its partitions
+/// were revoked (see the bounds below). Handlers take 50 ms, 8 at a time
+/// per replica, so that the
 /// flood outlasts the joins (tansu holds a joining follower for 3 s; the
 /// session timeout stays at its 10 s default, above that).
 #[tokio::test(flavor = "multi_thread")]
