@@ -212,7 +212,8 @@ impl Tracker {
         }
         for ((topic, partition), part) in self.parts.lock().unwrap().iter_mut() {
             let position = part.position();
-            if position > if start { part.from } else { part.committed } {
+            let sent = if start { part.from } else { part.committed };
+            if position > sent {
                 let _ = list.add_partition_offset(topic, *partition, Offset::Offset(position));
                 part.committed = position;
             }
