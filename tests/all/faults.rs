@@ -203,6 +203,38 @@ pub(crate) async fn wait_for_progress(
     at_least: usize,
     within: Duration,
 ) {
+    if let Err(stuck) = progress(tally, at_least, within).await {
+        panic!("{stuck}");
+    }
+}
+
+/// The same, naming what `provider` logged (its guests' lines left out)
+/// when it is stuck.
+async fn wait_for_progress_of(
+    tally: &Arc<Mutex<Tally>>,
+    at_least: usize,
+    within: Duration,
+    provider: &Running,
+) {
+    if let Err(stuck) = progress(tally, at_least, within).await {
+        let log: Vec<String> = provider
+            .stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| !l.contains("INFO guest"))
+            .cloned()
+            .collect();
+        panic!("{stuck}\nthe provider logged:\n{}", log.join("\n"));
+    }
+}
+
+/// Waits until `at_least` events came out; says what is missing if not.
+async fn progress(
+    tally: &Arc<Mutex<Tally>>,
+    at_least: usize,
+    within: Duration,
+) -> Result<(), String> {
     let start = Instant::now();
     loop {
         let progress = {
@@ -210,7 +242,7 @@ pub(crate) async fn wait_for_progress(
             t.handled.len() + t.dead.len()
         };
         if progress >= at_least {
-            return;
+            return Ok(());
         }
         if start.elapsed() > within {
             let t = tally.lock().unwrap();
@@ -225,9 +257,9 @@ pub(crate) async fn wait_for_progress(
                 .filter(|id| !t.handled.contains_key(id) && !t.dead.contains_key(id))
                 .take(20)
                 .collect();
-            panic!(
+            return Err(format!(
                 "stuck at {progress} of {at_least} events; missing (first 20 when all are due): {missing:?}"
-            );
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -339,7 +371,7 @@ async fn sigterm_under_load_loses_and_duplicates_nothing(label: &str, settings: 
     read_out(bus.clone(), &base, tally.clone()).await;
 
     let mut first = provider(&app.manifest, rc.path());
-    wait_for_progress(&tally, n / 3, Duration::from_secs(120)).await;
+    wait_for_progress_of(&tally, n / 3, Duration::from_secs(120), &first).await;
     first.terminate();
     assert_eq!(
         first.wait_exit(Duration::from_secs(30)),
@@ -360,7 +392,7 @@ async fn sigterm_under_load_loses_and_duplicates_nothing(label: &str, settings: 
         }
     }
     let mut second = provider(&app.manifest, rc.path());
-    wait_for_progress(&tally, n, Duration::from_secs(45)).await;
+    wait_for_progress_of(&tally, n, Duration::from_secs(45), &second).await;
     let rest = stopped.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     second.terminate();
@@ -594,22 +626,21 @@ async fn rabbitmq_sigterm_under_load_loses_and_duplicates_nothing() {
     sigterm_under_load_loses_and_duplicates_nothing("rabbitmq", "type = \"amqp\"\n").await;
 }
 
-/// On tansu, the Kafka-protocol broker available here (the shared one).
-///
-/// Not in the default run: beside the other Kafka tests on the same tansu,
-/// a few events never came out: 9 of 3,000 once in an earlier full run, 5
-/// of 3,000 (neighbours of handled ones: e1425, e1429, e1430, e1435,
-/// e1436) in 1 of 8 runs here, 3 (e2448, e2450, e2452) in another; alone
-/// it passed every time (0 lost, 0 duplicates). In the last case an outside
-/// consumer found the three at consecutive offsets of `work` (2461-2463),
-/// not in `done` (2,967 records), and the retry topic holding just the 60
-/// poison retries: the group's offsets went past them while their output
-/// was never stored, either because the provider acknowledged them without
-/// a confirmed publish or because tansu lost a confirmed batch; which is
-/// open. Run it with `scripts/test.sh -- --ignored faults::kafka`.
+/// On a private tansu keeping its records in SQLite. Not on the shared
+/// one, whose records are in memory: that engine answers a fetch from the
+/// middle of a record batch with the batches after it, so the second
+/// provider, resuming at the offset the first committed there, skipped the
+/// rest of that batch (3 to 9 of 3,000 events, in about 1 run of 6 beside
+/// the other Kafka tests, when batches were larger; `scripts/tansu-midbatch.py`
+/// shows it). Kafka, and tansu on SQLite, serve the batch that holds the
+/// offset. Not in the default run: alone it passes (0 lost, 0 twice, about
+/// 18 s), but beside the other fault tests its group never started (3 of
+/// 3 runs): tansu on SQLite assigns the member its partitions, then
+/// answers none of its heartbeats. Run it with
+/// `scripts/test.sh -- --ignored faults::kafka`.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "3 to 9 of 3,000 events never came out in about 1 run of 6 beside the other Kafka tests; being investigated"]
+#[ignore = "on tansu with SQLite, beside the other fault tests, the group's heartbeats go unanswered; alone it passes"]
 async fn kafka_sigterm_under_load_loses_and_duplicates_nothing() {
-    let settings = "type = \"kafka\"\nreplication_factor = 1\n";
-    sigterm_under_load_loses_and_duplicates_nothing("kafka", settings).await;
+    let server = PrivateServer::start(crate::kafka::tansu_server);
+    sigterm_under_load_loses_and_duplicates_nothing("kafka", &kafka_settings(server.port)).await;
 }
