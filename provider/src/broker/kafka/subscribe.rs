@@ -90,6 +90,9 @@ impl ClientContext for LinkContext {
 impl ConsumerContext for LinkContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let (Rebalance::Revoke(revoked), Some(tracker)) = (rebalance, &self.tracker) {
+            if revoked.count() > 0 {
+                tracing::info!(link = %self.link, "Kafka: {} partitions revoked (the group rebalances)", revoked.count());
+            }
             let positions = tracker.release(revoked);
             if positions.count() > 0
                 && let Err(e) = consumer.commit(&positions, CommitMode::Sync)
@@ -101,7 +104,7 @@ impl ConsumerContext for LinkContext {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(assigned) = rebalance {
-            tracing::debug!(link = %self.link, "Kafka: assigned {} partitions", assigned.count());
+            tracing::info!(link = %self.link, "Kafka: assigned {} partitions", assigned.count());
         }
         if let Some(tracker) = &self.tracker {
             *tracker.failure.lock().unwrap() = None;
