@@ -179,6 +179,15 @@ impl Drop for Flow {
 }
 
 impl Flow {
+    /// Stops the sinks and waits until each is dropped (a Kafka sink's
+    /// consumer, say, before its topic is deleted).
+    pub async fn close(mut self) {
+        for sink in std::mem::take(&mut self.sinks) {
+            sink.abort();
+            let _ = sink.await;
+        }
+    }
+
     /// A flow whose phases end once nothing new came for `idle_limit`.
     pub fn new(idle_limit: Duration) -> Flow {
         let (notes, inbox) = mpsc::unbounded_channel();

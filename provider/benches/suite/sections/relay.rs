@@ -140,6 +140,8 @@ async fn provider_side(
         anyhow::Ok(side)
     }
     .await;
+    // The sink's consumer goes before its topic does.
+    flow.close().await;
     if let Err(e) = link.cleanup(&names).await {
         eprintln!("warning: cleaning up after {}: {e:#}", link.name());
     }
@@ -174,6 +176,8 @@ async fn native_side(options: &Options, link: Link) -> anyhow::Result<Side> {
         anyhow::Ok(side)
     }
     .await;
+    // The sink's consumer goes before its topic does.
+    flow.close().await;
     if let Err(e) = link.cleanup(&names).await {
         eprintln!("warning: cleaning up after {}: {e:#}", link.name());
     }
