@@ -217,16 +217,20 @@ async fn wait_for_progress_of(
     provider: &Running,
 ) {
     if let Err(stuck) = progress(tally, at_least, within).await {
-        let log: Vec<String> = provider
-            .stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| !l.contains("INFO guest"))
-            .cloned()
-            .collect();
-        panic!("{stuck}\nthe provider logged:\n{}", log.join("\n"));
+        panic!(
+            "{stuck}\nthe provider logged:\n{}",
+            own_log(provider).join("\n")
+        );
     }
+}
+
+/// What a provider logged itself: its stderr without its guests' lines.
+fn own_log(provider: &Running) -> Vec<String> {
+    let log = provider.stderr.lock().unwrap();
+    log.iter()
+        .filter(|l| !l.contains("INFO guest"))
+        .cloned()
+        .collect()
 }
 
 /// Waits until `at_least` events came out; says what is missing if not.
@@ -381,13 +385,7 @@ async fn sigterm_under_load_loses_and_duplicates_nothing(label: &str, settings: 
     );
     let stopped = Instant::now();
     if std::env::var("FAULT_DEBUG").is_ok() {
-        for l in first
-            .stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| !l.contains("INFO guest"))
-        {
+        for l in own_log(&first) {
             eprintln!("first: {l}");
         }
     }
@@ -653,7 +651,7 @@ async fn rabbitmq_sigterm_under_load_loses_and_duplicates_nothing() {
 /// shown. Run it with
 /// `scripts/test.sh -- --ignored faults::kafka`.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "on tansu with SQLite, beside the other fault tests, the group's heartbeats go unanswered; alone it passes"]
+#[ignore = "on tansu with SQLite, beside the other fault tests, its group did not start in 3 of 4 runs; alone it passes"]
 async fn kafka_sigterm_under_load_loses_and_duplicates_nothing() {
     let server = PrivateServer::start(crate::kafka::tansu_server);
     sigterm_under_load_loses_and_duplicates_nothing("kafka", &kafka_settings(server.port)).await;
