@@ -37,8 +37,22 @@ pub struct Publisher {
     pub(super) closing: CancellationToken,
     /// The queue subscriptions' committers, awaited when the link closes.
     pub(super) committers: TaskTracker,
+    /// Queue members of this link, by group: whether each was closed, and
+    /// whether it has left. A new member of a group waits for the closed
+    /// ones to leave, so that it joins an empty group rather than one
+    /// mid-rebalance.
+    pub(super) members: Mutex<Vec<Member>>,
     /// The link's, shared with its consumers.
     pub(super) connectivity: Arc<Connectivity>,
+}
+
+/// A queue subscription's membership of its group, as its link knows it.
+pub(super) struct Member {
+    pub group: String,
+    /// Cancelled when the subscription is dropped.
+    pub closed: CancellationToken,
+    /// Cancelled once it has left the group.
+    pub left: CancellationToken,
 }
 
 impl Publisher {
@@ -59,6 +73,7 @@ impl Publisher {
             known: Mutex::default(),
             closing: CancellationToken::new(),
             committers: TaskTracker::new(),
+            members: Mutex::default(),
             connectivity,
         }))
     }

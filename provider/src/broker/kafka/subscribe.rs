@@ -15,7 +15,7 @@
 //! its end when it subscribes, so it sees every event published after that,
 //! and takes nothing from anyone.
 
-use super::publish::{ATTEMPT_HEADER, DUE_HEADER, Publisher};
+use super::publish::{ATTEMPT_HEADER, DUE_HEADER, Member, Publisher};
 use crate::broker::{
     Acknowledge, BrokerError, Connectivity, Delivery, NothingToSettle, Subscription,
 };
@@ -316,6 +316,31 @@ impl QueueSubscription {
     ) -> Result<QueueSubscription, BrokerError> {
         let settings = &publisher.settings;
         let link = &publisher.link;
+        let closed = CancellationToken::new();
+        let left = CancellationToken::new();
+        let leaving: Vec<CancellationToken> = {
+            let mut members = publisher.members.lock().unwrap();
+            members.retain(|m| !m.left.is_cancelled());
+            let leaving = members
+                .iter()
+                .filter(|m| m.group == group && m.closed.is_cancelled())
+                .map(|m| m.left.clone())
+                .collect();
+            members.push(Member {
+                group: group.into(),
+                closed: closed.clone(),
+                left: left.clone(),
+            });
+            leaving
+        };
+        // A member of this process that is leaving the group leaves first
+        // (within `publish_timeout`): joining beside it would start a
+        // rebalance that waits for it.
+        let _ = tokio::time::timeout(
+            settings.publish_timeout,
+            futures::future::join_all(leaving.iter().map(|l| l.cancelled())),
+        )
+        .await;
         let tracker = Arc::new(Tracker::default());
         let mut config = settings.client_config();
         let session = super::settings::millis(settings.session_timeout);
@@ -337,7 +362,6 @@ impl QueueSubscription {
             .subscribe(&[address, retry_topic])
             .map_err(|e| BrokerError::Unavailable(format!("Kafka link `{link}`: {e}")))?;
         let consumer = Arc::new(consumer);
-        let closed = CancellationToken::new();
         let retry_topic: Arc<str> = retry_topic.into();
         let (sender, records) = tokio::sync::mpsc::channel(READ_AHEAD);
         let mut joined = tracker.joined.subscribe();
@@ -358,6 +382,7 @@ impl QueueSubscription {
             closed.clone(),
             publisher.closing.clone(),
             link.clone(),
+            left,
         ));
         let _ = tokio::time::timeout(settings.publish_timeout, joined.wait_for(|j| *j)).await;
         Ok(QueueSubscription {
@@ -590,6 +615,7 @@ async fn commit(
     closed: CancellationToken,
     link_closing: CancellationToken,
     link: String,
+    left: CancellationToken,
 ) {
     let mut closed_at = None;
     loop {
@@ -621,6 +647,7 @@ async fn commit(
         drop(consumer);
     })
     .await;
+    left.cancel();
 }
 
 /// Settles a queue delivery: an ack lets its offset be committed; a nack
