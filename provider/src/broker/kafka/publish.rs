@@ -37,10 +37,10 @@ pub struct Publisher {
     pub(super) closing: CancellationToken,
     /// The queue subscriptions' committers, awaited when the link closes.
     pub(super) committers: TaskTracker,
-    /// Queue members of this link, by group: whether each was closed, and
-    /// whether it has left. A new member of a group waits for the closed
-    /// ones to leave, so that it joins an empty group rather than one
-    /// mid-rebalance.
+    /// Queue members of this link, by group: whether each was stopped, and
+    /// whether it has left. A new member of a group waits for the stopped
+    /// ones to leave ([`Publisher::leaving`]), so that it joins a settled
+    /// group rather than one mid-rebalance.
     pub(super) members: Mutex<Vec<Member>>,
     /// The link's, shared with its consumers.
     pub(super) connectivity: Arc<Connectivity>,
@@ -76,6 +76,19 @@ impl Publisher {
             members: Mutex::default(),
             connectivity,
         }))
+    }
+
+    /// What to wait for before joining `group`: the members of this link
+    /// in it that were stopped and have not left yet. Forgets those that
+    /// left.
+    pub(super) fn leaving(&self, group: &str) -> Vec<CancellationToken> {
+        let mut members = self.members.lock().unwrap();
+        members.retain(|m| !m.left.is_cancelled());
+        members
+            .iter()
+            .filter(|m| m.group == group && m.closed.is_cancelled())
+            .map(|m| m.left.clone())
+            .collect()
     }
 
     /// Publishes an event as the binding writes it.

@@ -316,26 +316,10 @@ impl QueueSubscription {
     ) -> Result<QueueSubscription, BrokerError> {
         let settings = &publisher.settings;
         let link = &publisher.link;
-        let closed = CancellationToken::new();
-        let left = CancellationToken::new();
-        let leaving: Vec<CancellationToken> = {
-            let mut members = publisher.members.lock().unwrap();
-            members.retain(|m| !m.left.is_cancelled());
-            let leaving = members
-                .iter()
-                .filter(|m| m.group == group && m.closed.is_cancelled())
-                .map(|m| m.left.clone())
-                .collect();
-            members.push(Member {
-                group: group.into(),
-                closed: closed.clone(),
-                left: left.clone(),
-            });
-            leaving
-        };
         // A member of this process that is leaving the group leaves first
         // (within `publish_timeout`): joining beside it would start a
         // rebalance that waits for it.
+        let leaving = publisher.leaving(group);
         let _ = tokio::time::timeout(
             settings.publish_timeout,
             futures::future::join_all(leaving.iter().map(|l| l.cancelled())),
@@ -362,6 +346,12 @@ impl QueueSubscription {
             .subscribe(&[address, retry_topic])
             .map_err(|e| BrokerError::Unavailable(format!("Kafka link `{link}`: {e}")))?;
         let consumer = Arc::new(consumer);
+        let (closed, left) = (CancellationToken::new(), CancellationToken::new());
+        publisher.members.lock().unwrap().push(Member {
+            group: group.into(),
+            closed: closed.clone(),
+            left: left.clone(),
+        });
         let retry_topic: Arc<str> = retry_topic.into();
         let (sender, records) = tokio::sync::mpsc::channel(READ_AHEAD);
         let mut joined = tracker.joined.subscribe();
