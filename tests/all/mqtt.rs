@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 
 fn mosquitto(port: u16, _dir: &std::path::Path) -> Command {
     let mut c = Command::new("mosquitto");
@@ -79,25 +80,47 @@ async fn mosquitto_clients_publish_plain_and_cloudevents_and_read_ours() {
     let (app, rc) = crate::links::app_on("type = \"mqtt\"\n", &base);
     let provider = start(&[&app.manifest], Some(rc.path())).await;
     let mut results = watch(&provider, "linkapp", "results").await;
-    let reader = Command::new("mosquitto_sub")
+    // `-d` prints the SUBACK, so the test knows the reader is subscribed
+    // before anything is forwarded; no timing guess, however loaded the
+    // machine. `stdbuf` makes its stdout, a pipe here, line-buffered.
+    let mut reader = tokio::process::Command::new("stdbuf")
         .args([
+            "-oL",
+            "mosquitto_sub",
             "-h",
             "127.0.0.1",
             "-t",
             &format!("{base}.out"),
             "-C",
             "1",
-            "-W",
-            "30",
+            "-d",
             "-V",
             "mqttv5",
             "-F",
             "%P|%C|%p",
         ])
         .stdout(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut lines = BufReader::new(reader.stdout.take().unwrap()).lines();
+    let mut out = String::new();
+    let read_until = async |lines: &mut Lines<BufReader<tokio::process::ChildStdout>>,
+                            out: &mut String,
+                            what: &str| {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                out.push_str(&line);
+                out.push('\n');
+                if line.contains(what) {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("mosquitto_sub printed no {what:?} in 60 s: {out}"));
+    };
+    read_until(&mut lines, &mut out, "SUBACK").await;
     let publish = |args: &[&str]| {
         let status = Command::new("mosquitto_pub")
             .args([
@@ -201,8 +224,8 @@ async fn mosquitto_clients_publish_plain_and_cloudevents_and_read_ours() {
         .0,
         "ok"
     );
-    let out = String::from_utf8(reader.wait_with_output().unwrap().stdout).unwrap();
-    assert!(out.contains("binary data"), "{out}");
+    read_until(&mut lines, &mut out, "binary data").await;
+    reader.kill().await.ok();
     assert!(
         out.contains("text/plain"),
         "the content type travels as the MQTT 5 property: {out}"

@@ -349,6 +349,8 @@ enum Ev {
     Sent(u16),
     /// The broker acknowledged this packet id.
     Acked(u16),
+    /// The broker confirmed a subscription (SUBACK).
+    Subscribed,
     Down(String),
 }
 
@@ -378,6 +380,9 @@ struct Conn {
     client: Client,
     filter: Option<String>,
     connected: Arc<AtomicBool>,
+    /// Whether the broker holds the filter's subscription: a SUBACK, or a
+    /// session that kept it.
+    subscribed: tokio::sync::watch::Receiver<bool>,
     closing: Arc<AtomicBool>,
     /// Confirmations waiting for their publish to leave, in request order.
     queued: Arc<Mutex<VecDeque<oneshot::Sender<()>>>>,
@@ -472,6 +477,7 @@ impl Conn {
             Client::V3(c) => Resubscribe::V3(c.clone()),
         };
         let closing = Arc::new(AtomicBool::new(false));
+        let (subscribed_tx, subscribed) = tokio::sync::watch::channel(false);
         let (flag, fifo, link, stop) = (
             connected.clone(),
             queued.clone(),
@@ -498,10 +504,12 @@ impl Conn {
                         if let Some(ls) = &tracked {
                             ls.connectivity.connected();
                         }
-                        if let Some(filter) = &filter
-                            && !session_present
-                        {
-                            resubscribe.subscribe(filter, qos).await;
+                        if let Some(filter) = &filter {
+                            if session_present {
+                                subscribed_tx.send_replace(true);
+                            } else {
+                                resubscribe.subscribe(filter, qos).await;
+                            }
                         }
                     }
                     Ev::Sent(pkid) => {
@@ -517,6 +525,9 @@ impl Conn {
                         if let Some(done) = waiting.remove(&pkid) {
                             let _ = done.send(());
                         }
+                    }
+                    Ev::Subscribed => {
+                        subscribed_tx.send_replace(true);
                     }
                     publish @ Ev::Publish { .. } => {
                         if let Some(sink) = &sink
@@ -549,6 +560,7 @@ impl Conn {
             client,
             filter: topic_filter,
             connected,
+            subscribed,
             closing,
             queued,
             task,
@@ -620,6 +632,7 @@ async fn poll_v5(eventloop: &mut rumqttc::v5::EventLoop) -> Ev {
             }
             Ok(E::Incoming(Packet::PubAck(a))) => return Ev::Acked(a.pkid),
             Ok(E::Incoming(Packet::PubComp(a))) => return Ev::Acked(a.pkid),
+            Ok(E::Incoming(Packet::SubAck(_))) => return Ev::Subscribed,
             Ok(E::Outgoing(rumqttc::Outgoing::Publish(pkid))) => return Ev::Sent(pkid),
             Ok(_) => {}
             Err(e) => return Ev::Down(e.to_string()),
@@ -646,6 +659,7 @@ async fn poll_v3(eventloop: &mut rumqttc::EventLoop) -> Ev {
             }
             Ok(E::Incoming(Packet::PubAck(a))) => return Ev::Acked(a.pkid),
             Ok(E::Incoming(Packet::PubComp(a))) => return Ev::Acked(a.pkid),
+            Ok(E::Incoming(Packet::SubAck(_))) => return Ev::Subscribed,
             Ok(E::Outgoing(rumqttc::Outgoing::Publish(pkid))) => return Ev::Sent(pkid),
             Ok(_) => {}
             Err(e) => return Ev::Down(e.to_string()),
@@ -769,14 +783,21 @@ impl Broker for MqttBroker {
         };
         let (sink, events) = mpsc::channel(self.settings.s.buffer);
         let conn = Conn::open(self.settings.clone(), Some(filter), Some(sink));
-        // Wait for the subscription to be in place when the broker is up.
+        // When the broker is up, return once it holds the subscription, so
+        // that what is published next reaches it; when it is down, the
+        // connection subscribes as soon as it comes up.
         for _ in 0..100 {
             if conn.connected.load(Ordering::Relaxed) {
+                let mut subscribed = conn.subscribed.clone();
+                let _ = tokio::time::timeout(
+                    self.settings.s.publish_timeout,
+                    subscribed.wait_for(|held| *held),
+                )
+                .await;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
         Ok(Box::new(MqttSubscription {
             link: self.settings.link.clone(),
             version: self.settings.s.version,

@@ -583,6 +583,12 @@ impl Broker for NatsBroker {
                 }
             }
             .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            // A round trip after the SUB: the server holds the interest before
+            // this returns, so what is published next reaches it.
+            if self.client.connection_state() == State::Connected {
+                let _ =
+                    tokio::time::timeout(self.settings.publish_timeout, self.client.flush()).await;
+            }
             return Ok(Box::new(CoreSubscription { link, subscriber }));
         };
         self.check_connected()?;
