@@ -108,8 +108,10 @@ impl Dispatcher {
             use std::sync::atomic::Ordering::Relaxed;
             let component = &target.component;
             component.running.fetch_add(1, Relaxed);
-            this.handle(component, &target.channel, &target.metrics, delivery)
-                .await;
+            // Boxed: the handler's state (the wasm call's among it) is large,
+            // and a task's future is moved several times on its way into the
+            // scheduler; kept small, those moves copy a pointer.
+            Box::pin(this.handle(component, &target.channel, &target.metrics, delivery)).await;
             component.running.fetch_sub(1, Relaxed);
             drop((slot, version));
         });

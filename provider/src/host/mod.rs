@@ -322,6 +322,11 @@ impl Host {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .debug_info(options.debug_info);
+        // `perf` names guest functions when this is set: wasmtime writes
+        // /tmp/perf-<pid>.map (see the README's profiling commands).
+        if std::env::var_os("TRIGGER_MESSAGING_PERF_MAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let cache = match &options.cache {
             CacheSetting::Disabled => None,
             CacheSetting::Default => Some(
