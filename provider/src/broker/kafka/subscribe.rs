@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -78,13 +78,41 @@ impl ClientContext for LinkContext {
         if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
             self.connectivity.lost();
         }
-        let reason = format!("{error}: {reason}");
-        let mut last = self.last_error.lock().unwrap();
+        self.warn_once(format!("{error}: {reason}"));
+    }
+}
+
+impl LinkContext {
+    /// Logs `reason` unless it is the one logged last: a broker that stays
+    /// away does not fill the log.
+    fn warn_once(&self, reason: String) {
+        let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
         if last.as_ref() != Some(&reason) {
             tracing::warn!(link = %self.link, "Kafka: {reason}");
             *last = Some(reason);
         }
     }
+}
+
+/// What to log for a commit's outcome: nothing when it held, or when there
+/// was nothing to commit.
+fn commit_failure(result: &KafkaResult<()>, offsets: &TopicPartitionList) -> Option<String> {
+    let error = result.as_ref().err()?;
+    if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) {
+        return None;
+    }
+    let positions: Vec<String> = offsets
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(n) => format!("{}[{}]@{n}", e.topic(), e.partition()),
+            _ => format!("{}[{}]", e.topic(), e.partition()),
+        })
+        .collect();
+    Some(format!(
+        "committing offsets {} failed ({error}); the events after the last commit that held are delivered again after a rebalance or a restart",
+        positions.join(", ")
+    ))
 }
 
 impl ConsumerContext for LinkContext {
@@ -99,6 +127,15 @@ impl ConsumerContext for LinkContext {
             {
                 tracing::warn!(link = %self.link, "Kafka: committing before a rebalance failed ({e}); the events since are delivered again");
             }
+        }
+    }
+
+    /// Where a commit's outcome arrives, asynchronous ones included: a
+    /// commit the broker refused means the events since the last one that
+    /// held are delivered again after a rebalance or a restart.
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Some(reason) = commit_failure(&result, offsets) {
+            self.warn_once(reason);
         }
     }
 
@@ -853,4 +890,75 @@ fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    fn offsets() -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset("orders", 0, Offset::Offset(5))
+            .unwrap();
+        list.add_partition_offset("orders", 3, Offset::Offset(17))
+            .unwrap();
+        list
+    }
+
+    #[test]
+    fn a_refused_commit_names_its_positions_and_what_follows() {
+        let refused = Err(KafkaError::ConsumerCommit(
+            RDKafkaErrorCode::RebalanceInProgress,
+        ));
+        let text = commit_failure(&refused, &offsets()).unwrap();
+        assert!(text.contains("orders[0]@5, orders[3]@17"), "{text}");
+        assert!(text.contains("rebalance"), "{text}");
+        assert!(text.contains("delivered again"), "{text}");
+        for nothing in [
+            Ok(()),
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)),
+        ] {
+            assert_eq!(commit_failure(&nothing, &offsets()), None);
+        }
+    }
+
+    /// The commit callback logs a refused commit once while the reason
+    /// lasts, and again when it changes.
+    #[test]
+    fn refused_commits_are_logged_once_per_reason() {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let context = LinkContext::new("k1", None, Arc::default());
+        tracing::subscriber::with_default(subscriber, || {
+            let refused = |code| Err(KafkaError::ConsumerCommit(code));
+            context.commit_callback(refused(RDKafkaErrorCode::RebalanceInProgress), &offsets());
+            context.commit_callback(refused(RDKafkaErrorCode::RebalanceInProgress), &offsets());
+            context.commit_callback(Ok(()), &offsets());
+            context.commit_callback(refused(RDKafkaErrorCode::UnknownMemberId), &offsets());
+        });
+        let log = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warnings.len(), 2, "{log}");
+        assert!(
+            warnings[0].contains("k1") && warnings[0].contains("orders[0]@5"),
+            "{log}"
+        );
+        assert!(warnings[1].contains("nknown member"), "{log}");
+    }
 }
