@@ -58,11 +58,14 @@ fi
 # machine to itself (tests running beside it would skew its ratio). The
 # fault and isolation tests run in short versions here; scripts/faults.sh
 # runs them at full length.
-cargo test --workspace -- --skip isolation::a_good_app --skip faults::kafka_sigterm
+cargo test --workspace -- --skip isolation::a_good_app --skip faults::kafka_sigterm \
+  --skip faults::kafka_survives_broker_restarts
 cargo test --workspace --test all -- isolation::a_good_app --nocapture
-# Alone too: tansu on SQLite stops answering a group's heartbeats when the
-# other fault tests run beside this one (see its doc comment).
-cargo test --workspace --test all -- faults::kafka_sigterm --nocapture
+# Alone too, one after the other: tansu on SQLite stops answering a group's
+# heartbeats when the other fault tests run beside these (see their doc
+# comments).
+cargo test --workspace --test all -- faults::kafka_sigterm \
+  faults::kafka_survives_broker_restarts --nocapture --test-threads 1
 # The benchmark suite's quick form (small N, one run, every section, every
 # link), so that it does not rot; `cargo bench --bench suite` is the full one.
 cargo test --workspace --bench suite

@@ -315,7 +315,7 @@ async fn survives_broker_restarts_and_provider_kills(
     // killed again, at evenly spread points of progress.
     let steps = rounds * 3;
     for step in 0..steps {
-        wait_for_progress(&tally, n * (step + 1) / (steps + 1), patience).await;
+        wait_for_progress_of(&tally, n * (step + 1) / (steps + 1), patience, &p).await;
         if step % 3 == 1 && recovery.broker_restarts {
             eprintln!("{label}: {:.1?}: restarting the broker", start.elapsed());
             server.stop();
@@ -327,7 +327,7 @@ async fn survives_broker_restarts_and_provider_kills(
             p = provider(&app.manifest, rc.path());
         }
     }
-    wait_for_progress(&tally, n, patience).await;
+    wait_for_progress_of(&tally, n, patience, &p).await;
     // Late duplicates have a moment to show.
     tokio::time::sleep(Duration::from_secs(2)).await;
     p.terminate();
@@ -465,16 +465,22 @@ async fn kafka_survives_provider_kills() {
 }
 
 /// The same with tansu itself restarted (it keeps its data in SQLite)
-/// between the kills. Not in the default run: after tansu's restart, the
-/// group stopped taking events in 3 of about 20 runs here (poison events'
-/// retries and about a hundred others never came out within the test's
-/// patience); whether tansu stalls the group or skips records is not yet
-/// known. Run it with `scripts/test.sh -- --ignored faults::kafka`.
+/// between the kills, with the producers' idempotence off. Where tansu
+/// differs from Kafka: with it on, the test failed 3 of 3 runs here, and
+/// tansu's log (`PRIVATE_SERVER_LOG`, kept for one of them) shows its
+/// SQLite engine panicking after the restart while it checked an idempotent
+/// producer's sequence (`lite.rs:503`, "more or less than one row" from
+/// `producer_select_for_update`); its storage task was gone from then on,
+/// so it answered every produce, fetch and group request with an error
+/// (`Storage(UnableToSend)`) and the group stalled. Kafka keeps an
+/// idempotent producer's state across its restarts, so the link's default
+/// stays on; what this test shows (nothing lost, duplicates only in
+/// flight) does not depend on it.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "after tansu restarts, its group stalled in 3 of about 20 runs; being investigated"]
 async fn kafka_survives_broker_restarts_and_provider_kills() {
     let server = PrivateServer::start(crate::kafka::tansu_server);
-    survives_broker_restarts_and_provider_kills("kafka", server, kafka_settings, KAFKA).await;
+    let settings = |port| format!("{}idempotence = false\n", kafka_settings(port));
+    survives_broker_restarts_and_provider_kills("kafka", server, settings, KAFKA).await;
 }
 
 /// How a Kafka (tansu) group takes a killed provider's place back.

@@ -64,10 +64,21 @@ impl PrivateServer {
         use std::os::unix::process::CommandExt as _;
         // A process group of its own, so that a server that forks (RabbitMQ)
         // is killed whole.
+        // `PRIVATE_SERVER_LOG=<file>` keeps what the servers print, to
+        // debug a fault test; otherwise it is dropped.
+        let log = || match std::env::var_os("PRIVATE_SERVER_LOG") {
+            Some(file) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+            None => Stdio::null(),
+        };
         let child = (self.command)(self.port, self.store.path())
             .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log())
+            .stderr(log())
             .spawn()
             .expect("the broker server is installed");
         let start = Instant::now();
