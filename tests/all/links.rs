@@ -62,8 +62,6 @@ impl PrivateServer {
     /// Starts the server (again) and waits until it listens.
     pub fn restart(&mut self) {
         use std::os::unix::process::CommandExt as _;
-        // A process group of its own, so that a server that forks (RabbitMQ)
-        // is killed whole.
         // `PRIVATE_SERVER_LOG=<file>` keeps what the servers print, to
         // debug a fault test; otherwise it is dropped.
         let log = || match std::env::var_os("PRIVATE_SERVER_LOG") {
@@ -72,9 +70,11 @@ impl PrivateServer {
                 .append(true)
                 .open(file)
                 .map(Stdio::from)
-                .unwrap_or_else(|_| Stdio::null()),
+                .expect("PRIVATE_SERVER_LOG names a file that can be appended to"),
             None => Stdio::null(),
         };
+        // A process group of its own, so that a server that forks (RabbitMQ)
+        // is killed whole.
         let child = (self.command)(self.port, self.store.path())
             .process_group(0)
             .stdout(log())
