@@ -3,7 +3,7 @@
 //! binding, through a guest, both ways; two processes sharing a queue's
 //! partitions; a nack's retry record waiting without holding up the topic;
 //! settings and names checked at load; SASL SCRAM against a private broker
-//! that requires it.
+//! that requires it; a producer that failed for good replaced.
 //!
 //! The broker here is tansu (a Kafka-protocol broker, one node, in memory):
 //! topics get one replica.
@@ -195,6 +195,54 @@ async fn a_retry_waits_aside_and_settled_events_are_not_delivered_again() {
     let (e, _, ack) = next(&mut fresh).await;
     assert_eq!(e.id, "after", "settled events are not delivered again");
     ack.ack().await.unwrap();
+}
+
+/// A producer that librdkafka declares failed for good (as after a
+/// broker refused an idempotent producer's sequence) fails every record
+/// from then on; the link puts a new producer in its place at the first
+/// such failure, so the events retried after it go out, and are read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_producer_failed_for_good_gives_way_to_a_new_one() {
+    use messaging_provider::broker::BrokerError;
+    use messaging_provider::broker::kafka::publish::Publisher;
+    use messaging_provider::broker::kafka::settings::KafkaSettings;
+    let mut settings: KafkaSettings = toml::from_str("replication_factor = 1").unwrap();
+    settings.check(Path::new(".")).unwrap();
+    let publisher = Publisher::new("fatal", &settings).unwrap();
+    let address = unique("kafka.fatal");
+    publisher.ensure_topic(&address).await.unwrap();
+    let reader = crate::conformance::connect(LINK).await;
+    let mut topic = reader
+        .subscribe(&address, SubscribeMode::Topic)
+        .await
+        .unwrap();
+    publisher
+        .publish(&address, &Event::new("before", "urn:t", "t"))
+        .await
+        .unwrap();
+
+    publisher.fail_producer_for_test();
+    let refused = publisher
+        .publish(&address, &Event::new("refused", "urn:t", "t"))
+        .await
+        .expect_err("a producer failed for good takes no record");
+    assert!(
+        matches!(refused, BrokerError::Unavailable(_)),
+        "a failed producer's refusal is retried as an outage: {refused:?}"
+    );
+    for id in ["retried", "after"] {
+        publisher
+            .publish(&address, &Event::new(id, "urn:t", "t"))
+            .await
+            .unwrap_or_else(|e| panic!("{id} after the new producer: {e}"));
+    }
+    let mut read = Vec::new();
+    while read.len() < 3 {
+        let (e, _, ack) = next(&mut topic).await;
+        ack.ack().await.unwrap();
+        read.push(e.id);
+    }
+    assert_eq!(read, ["before", "retried", "after"]);
 }
 
 async fn next(

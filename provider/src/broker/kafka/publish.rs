@@ -7,6 +7,7 @@ use super::subscribe::LinkContext;
 use crate::broker::{BrokerError, Connectivity};
 use crate::cloudevents::Event;
 use crate::cloudevents::kafka::{self as binding, Record};
+use arc_swap::ArcSwap;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -28,7 +29,9 @@ pub const DUE_HEADER: &str = "trigger-messaging-due";
 pub struct Publisher {
     pub(super) link: String,
     pub(super) settings: KafkaSettings,
-    producer: FutureProducer<LinkContext>,
+    /// Replaced when librdkafka declares it failed for good
+    /// ([`Publisher::renew`]).
+    producer: ArcSwap<FutureProducer<LinkContext>>,
     admin: AdminClient<LinkContext>,
     /// Topics known to exist: created or checked once.
     known: Mutex<HashSet<String>>,
@@ -59,16 +62,14 @@ impl Publisher {
     /// Makes the producer and the admin client; neither connects before use.
     pub fn new(link: &str, settings: &KafkaSettings) -> anyhow::Result<Arc<Publisher>> {
         let connectivity = Arc::new(Connectivity::default());
-        let producer = settings
-            .producer_config()
-            .create_with_context(LinkContext::new(link, None, connectivity.clone()))?;
+        let producer = new_producer(link, settings, &connectivity)?;
         let admin = settings
             .client_config()
             .create_with_context(LinkContext::new(link, None, connectivity.clone()))?;
         Ok(Arc::new(Publisher {
             link: link.into(),
             settings: settings.clone(),
-            producer,
+            producer: ArcSwap::from_pointee(producer),
             admin,
             known: Mutex::default(),
             closing: CancellationToken::new(),
@@ -113,12 +114,72 @@ impl Publisher {
         }
         let out = future_record(topic, record, extra);
         let timeout = self.settings.publish_timeout;
-        let sent =
-            crate::timeout::timeout(timeout, self.producer.send(out, Timeout::After(timeout)))
-                .await
-                .map_err(|_| BrokerError::unconfirmed("Kafka", timeout))?;
-        sent.map(|_| self.connectivity.connected())
-            .map_err(|(e, _)| self.refused(topic, size, e))
+        let producer = self.producer.load_full();
+        let sent = crate::timeout::timeout(timeout, producer.send(out, Timeout::After(timeout)))
+            .await
+            .map_err(|_| BrokerError::unconfirmed("Kafka", timeout))?;
+        match sent {
+            Ok(_) => {
+                self.connectivity.connected();
+                Ok(())
+            }
+            Err((e, _)) => {
+                use rdkafka::producer::Producer as _;
+                if let Some(fatal) = producer.client().fatal_error() {
+                    self.renew(producer, fatal);
+                }
+                Err(self.refused(topic, size, e))
+            }
+        }
+    }
+
+    /// Puts a new producer in the place of `failed`, which librdkafka
+    /// declared failed for good (an idempotent producer whose sequence the
+    /// broker refused, say): from then on it fails every record, and the
+    /// link would publish nothing until the provider restarts. What `failed`
+    /// had not confirmed comes back to its senders as errors, and is retried
+    /// as any unconfirmed publish is.
+    fn renew(
+        &self,
+        failed: Arc<FutureProducer<LinkContext>>,
+        (code, reason): (RDKafkaErrorCode, String),
+    ) {
+        let link = &self.link;
+        let fresh = match new_producer(link, &self.settings, &self.connectivity) {
+            Ok(fresh) => Arc::new(fresh),
+            Err(e) => {
+                tracing::error!(link = %link, "Kafka: the producer failed for good ({code}: {reason}) and a new one cannot be made: {e}");
+                return;
+            }
+        };
+        let previous = self.producer.compare_and_swap(&failed, fresh);
+        if Arc::ptr_eq(&*previous, &failed) {
+            tracing::error!(link = %link, "Kafka: the producer failed for good ({code}: {reason}); a new producer takes its place, and what the old one had not confirmed is published again");
+            // Dropping a librdkafka producer blocks (it purges, flushes and
+            // joins its polling thread): not on the runtime's threads. The
+            // senders it failed let go of it as their errors arrive.
+            let previous = arc_swap::Guard::into_inner(previous);
+            tokio::task::spawn_blocking(move || drop((previous, failed)));
+        }
+    }
+
+    /// Makes librdkafka declare the link's producer failed for good, as
+    /// it does when a broker refuses an idempotent producer's sequence: for
+    /// tests of [`Publisher::renew`], since no broker here does it on demand.
+    #[doc(hidden)]
+    pub fn fail_producer_for_test(&self) {
+        use rdkafka::producer::Producer as _;
+        let producer = self.producer.load();
+        let reason = c"failed by a test";
+        // SAFETY: the client pointer is live while `producer` is, and the
+        // reason is a NUL-terminated string that outlives the call.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                producer.client().native_ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
+        }
     }
 
     /// What a failed send means to the caller.
@@ -145,7 +206,8 @@ impl Publisher {
                 | Code::LeaderNotAvailable
                 | Code::NotLeaderForPartition
                 | Code::NetworkException
-                | Code::Resolve,
+                | Code::Resolve
+                | Code::Fatal,
             ) => BrokerError::Unavailable(format!("Kafka link `{link}`: {e}")),
             Some(Code::UnknownTopicOrPartition | Code::UnknownTopic) => {
                 BrokerError::DeliveryFailed(format!(
@@ -231,8 +293,19 @@ impl Publisher {
     /// Waits until what was sent is delivered (or `publish_timeout`).
     pub fn flush(&self) {
         use rdkafka::producer::Producer as _;
-        let _ = self.producer.flush(self.settings.publish_timeout);
+        let _ = self.producer.load().flush(self.settings.publish_timeout);
     }
+}
+
+/// A producer with the link's settings.
+fn new_producer(
+    link: &str,
+    settings: &KafkaSettings,
+    connectivity: &Arc<Connectivity>,
+) -> anyhow::Result<FutureProducer<LinkContext>> {
+    Ok(settings
+        .producer_config()
+        .create_with_context(LinkContext::new(link, None, connectivity.clone()))?)
 }
 
 /// The librdkafka record for a binding's record, with `extra` headers
