@@ -56,7 +56,8 @@ pub enum Link {
 }
 
 impl Link {
-    /// Every row, in table order.
+    /// Every row, in table order: a run has them all unless `--links`
+    /// names others.
     pub const ALL: [Link; 8] = [
         Link::Embedded,
         Link::Nats,
@@ -67,18 +68,6 @@ impl Link {
         Link::Amqp,
         Link::Kafka,
     ];
-
-    /// The rows a run has unless `--links` names others: every row but
-    /// Kafka's. With a Kafka row, the suite's own process (its producer and
-    /// sink are librdkafka clients) was twice seen to crash (SIGSEGV) later
-    /// in the run; the provider and the native relays never did. Until
-    /// that is understood, `--links …,kafka` asks for the row.
-    pub fn defaults() -> Vec<Link> {
-        Link::ALL
-            .into_iter()
-            .filter(|l| *l != Link::Kafka)
-            .collect()
-    }
 
     /// The row's name (as `--links` takes it).
     pub fn name(self) -> &'static str {

@@ -177,7 +177,7 @@ impl Options {
         sections.dedup();
         Ok(Options {
             quick,
-            links: links.unwrap_or_else(Link::defaults),
+            links: links.unwrap_or_else(|| Link::ALL.to_vec()),
             sections,
             runs: runs.unwrap_or(if quick { 1 } else { 3 }),
             events: events.unwrap_or(if quick { 500 } else { 20_000 }),

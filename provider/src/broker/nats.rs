@@ -30,6 +30,7 @@ use futures::StreamExt as _;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -249,6 +250,7 @@ impl MakeBroker for MakeNats {
             js,
             settings: s.clone(),
             streams: Mutex::default(),
+            informed: AtomicBool::new(false),
         }))
     }
 }
@@ -261,6 +263,9 @@ struct NatsBroker {
     settings: NatsSettings,
     /// Addresses whose stream is known to exist.
     streams: Mutex<HashSet<String>>,
+    /// Whether a server has told its limits (`INFO`): until then the
+    /// client's limit is its own default, not the server's.
+    informed: AtomicBool,
 }
 
 /// The longest `stream_prefix`: it leaves room for the address within
@@ -442,21 +447,23 @@ impl JsSource {
     }
 }
 
+/// The binding's headers, moved into the client's map (not copied).
 fn headers_of(pairs: Vec<(String, String)>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (k, v) in pairs {
-        headers.append(k.as_str(), v.as_str());
+        headers.append(k, v);
     }
     headers
 }
 
-fn pairs_of(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
+/// A message's headers, borrowed: what the binding reads.
+fn pairs_of(headers: Option<&HeaderMap>) -> Vec<(&str, &str)> {
     let Some(headers) = headers else {
         return Vec::new();
     };
     headers
         .iter()
-        .flat_map(|(k, values)| values.iter().map(move |v| (k.to_string(), v.to_string())))
+        .flat_map(|(k, values)| values.iter().map(move |v| (k.as_ref(), v.as_str())))
         .collect()
 }
 
@@ -481,7 +488,7 @@ fn admitted(
     payload: &[u8],
 ) -> Result<Event, Malformed> {
     let pairs = pairs_of(headers);
-    let decoded = match pairs.iter().find(|(name, _)| name == UNPARSED_HEADERS) {
+    let decoded = match pairs.iter().find(|(name, _)| *name == UNPARSED_HEADERS) {
         Some(_) => Err(
             "its NATS headers do not parse (not UTF-8, or a line that is not `name: value`)"
                 .to_string(),
@@ -494,8 +501,11 @@ fn admitted(
         content_type: pairs
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-            .map(|(_, v)| v.as_str()),
-        metadata: pairs.clone(),
+            .map(|(_, v)| *v),
+        metadata: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         body: payload,
     })
 }
@@ -506,8 +516,16 @@ impl Broker for NatsBroker {
         self.connectivity.state()
     }
 
+    /// Checked on every publish: an atomic read once a server has told its
+    /// limit (the server's `INFO` is copied out only until then).
     fn max_payload(&self) -> Option<usize> {
-        Some(self.client.server_info().max_payload).filter(|&n| n > 0)
+        if !self.informed.load(Ordering::Relaxed) {
+            if self.client.server_info().max_payload == 0 {
+                return None;
+            }
+            self.informed.store(true, Ordering::Relaxed);
+        }
+        Some(self.client.max_payload())
     }
 
     async fn publish(&self, address: &str, event: &Event) -> Result<(), BrokerError> {

@@ -153,7 +153,7 @@ impl MakeBroker for MakeRedis {
             connectivity,
             client,
             settings: s.clone(),
-            commands: tokio::sync::Mutex::new(commands),
+            commands: tokio::sync::OnceCell::new_with(commands),
             kinds: Mutex::default(),
         }))
     }
@@ -211,8 +211,9 @@ struct RedisBroker {
     connectivity: Arc<Connectivity>,
     client: redis::Client,
     settings: RedisSettings,
-    /// Created on first success, then reconnecting on its own.
-    commands: tokio::sync::Mutex<Option<ConnectionManager>>,
+    /// Created on first success, then reconnecting on its own; read
+    /// without a lock on every publish once made.
+    commands: tokio::sync::OnceCell<ConnectionManager>,
     /// What each declared address is.
     kinds: Mutex<HashMap<String, Kind>>,
 }
@@ -244,17 +245,18 @@ fn unavailable(link: &str, e: impl std::fmt::Display) -> BrokerError {
 
 impl RedisBroker {
     async fn conn(&self) -> Result<ConnectionManager, BrokerError> {
-        let mut guard = self.commands.lock().await;
-        if let Some(commands) = guard.as_ref() {
-            return Ok(commands.clone());
-        }
-        let commands = manager(&self.client, self.settings.publish_timeout)
-            .await
-            .inspect_err(|_| self.connectivity.lost())
-            .map_err(|e| unavailable(&self.name, e))?;
-        self.connectivity.connected();
-        *guard = Some(commands.clone());
-        Ok(commands)
+        let commands = self
+            .commands
+            .get_or_try_init(|| async {
+                let commands = manager(&self.client, self.settings.publish_timeout)
+                    .await
+                    .inspect_err(|_| self.connectivity.lost())
+                    .map_err(|e| unavailable(&self.name, e))?;
+                self.connectivity.connected();
+                Ok::<_, BrokerError>(commands)
+            })
+            .await?;
+        Ok(commands.clone())
     }
 
     fn declare(&self, address: &str, kind: Kind) -> Result<(), BrokerError> {

@@ -7,6 +7,7 @@
 
 use super::{Event, JSON_FORMAT, is_structured, json};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode, utf8_percent_encode};
+use std::borrow::Cow;
 
 /// How a binding writes events: attributes as protocol metadata (binary
 /// mode) or the whole event as one JSON document (structured mode). Readers
@@ -45,11 +46,11 @@ impl BinaryMode {
         let mut out = Vec::with_capacity(6 + event.extensions.len());
         let mut put = |name: &str, value: &str| {
             let value = if self.percent_encoded {
-                utf8_percent_encode(value, UNSAFE).to_string()
+                Cow::from(utf8_percent_encode(value, UNSAFE)).into_owned()
             } else {
                 value.to_string()
             };
-            out.push((format!("{prefix}{name}"), value));
+            out.push(([prefix, name].concat(), value));
         };
         put("specversion", &event.specversion);
         put("id", &event.id);
@@ -108,7 +109,7 @@ impl BinaryMode {
             } else {
                 String::from_utf8(raw.to_vec()).map_err(|_| format!("`{key}` is not UTF-8"))?
             };
-            match attr.as_str() {
+            match &*attr {
                 "specversion" => event.specversion = value,
                 "id" => event.id = value,
                 "source" => event.source = value,
@@ -124,7 +125,7 @@ impl BinaryMode {
                         "the data content type goes in the protocol's content type, not `{key}`"
                     ));
                 }
-                _ => event.extensions.push((attr, value)),
+                _ => event.extensions.push((attr.into_owned(), value)),
             }
         }
         Ok(found.then_some(event))
@@ -192,11 +193,19 @@ impl BinaryMode {
         }
     }
 
-    fn attribute_name(&self, key: &str) -> Option<String> {
+    /// The attribute an entry carries, lowercased (copied only when it
+    /// had capitals).
+    fn attribute_name<'k>(&self, key: &'k str) -> Option<Cow<'k, str>> {
         self.prefixes.iter().find_map(|p| {
             let head = key.get(..p.len())?;
-            (head.eq_ignore_ascii_case(p) && key.len() > p.len())
-                .then(|| key[p.len()..].to_ascii_lowercase())
+            let name = &key[p.len()..];
+            (head.eq_ignore_ascii_case(p) && !name.is_empty()).then(|| {
+                if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                    Cow::Owned(name.to_ascii_lowercase())
+                } else {
+                    Cow::Borrowed(name)
+                }
+            })
         })
     }
 }

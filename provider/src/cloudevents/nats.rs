@@ -25,15 +25,15 @@ pub fn encode(event: &Event, mode: ContentMode) -> (Vec<(String, String)>, Vec<u
 
 /// The event in a received message, in whichever mode it came; `origin`
 /// (link, subject) names the source of a wrapped plain message.
-pub fn decode(
-    headers: &[(String, String)],
+pub fn decode<K: AsRef<str>, V: AsRef<str> + AsRef<[u8]>>(
+    headers: &[(K, V)],
     payload: &[u8],
     origin: (&str, &str),
 ) -> Result<Event, String> {
     let content_type = headers
         .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        .map(|(_, v)| v.as_str());
+        .find(|(k, _)| k.as_ref().eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| AsRef::<str>::as_ref(v));
     BINARY.decode_message(headers, content_type, payload, origin)
 }
 
@@ -71,7 +71,7 @@ mod tests {
     #[test]
     fn plain_messages_are_wrapped() {
         let e = decode(
-            &[("Content-Type".into(), "text/plain".into())],
+            &[("Content-Type", "text/plain")],
             b"hi",
             ("nats1", "orders"),
         )

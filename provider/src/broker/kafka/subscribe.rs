@@ -835,21 +835,23 @@ fn admit(
     headers: &[(&[u8], Option<&[u8]>)],
     origin: (&str, &str),
 ) -> Result<Event, Malformed> {
-    let decoded = binding::decode(headers, m.key(), m.payload(), origin);
-    inbound::admit(decoded, || Received {
-        link: origin.0,
-        address: origin.1,
-        metadata: headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    inbound::text(k).into_owned(),
-                    inbound::text(v.unwrap_or_default()).into_owned(),
-                )
-            })
-            .collect(),
-        content_type: None,
-        body: m.payload().unwrap_or_default(),
+    crate::stages::timed(crate::stages::Stage::Decode, || {
+        let decoded = binding::decode(headers, m.key(), m.payload(), origin);
+        inbound::admit(decoded, || Received {
+            link: origin.0,
+            address: origin.1,
+            metadata: headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        inbound::text(k).into_owned(),
+                        inbound::text(v.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect(),
+            content_type: None,
+            body: m.payload().unwrap_or_default(),
+        })
     })
 }
 
