@@ -63,6 +63,18 @@ impl ComponentOutput {
     }
 }
 
+impl ComponentOutput {
+    /// Whether anything receives `stream`'s lines (the console, or a file).
+    fn keeps(&self, stream: &str) -> bool {
+        self.console
+            || if stream == "stderr" {
+                self.stderr.is_some()
+            } else {
+                self.stdout.is_some()
+            }
+    }
+}
+
 /// A guest output stream (stdout or stderr) of one instance.
 #[derive(Clone)]
 pub struct LogStream {
@@ -110,6 +122,10 @@ struct LineWriter {
 
 impl LineWriter {
     fn write_bytes(&mut self, bytes: &[u8]) {
+        if !self.target.output.keeps(self.target.stream) {
+            // Silenced, with no log directory: nothing to assemble.
+            return;
+        }
         self.pending.extend_from_slice(bytes);
         while let Some(pos) = self.pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.pending.drain(..=pos).collect();
