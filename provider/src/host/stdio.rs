@@ -61,17 +61,19 @@ impl ComponentOutput {
             stderr: open("stderr")?,
         }))
     }
-}
 
-impl ComponentOutput {
+    /// The file that keeps `stream`'s lines, if there is a log directory.
+    fn file(&self, stream: &str) -> Option<&Mutex<File>> {
+        if stream == "stderr" {
+            self.stderr.as_ref()
+        } else {
+            self.stdout.as_ref()
+        }
+    }
+
     /// Whether anything receives `stream`'s lines (the console, or a file).
     fn keeps(&self, stream: &str) -> bool {
-        self.console
-            || if stream == "stderr" {
-                self.stderr.is_some()
-            } else {
-                self.stdout.is_some()
-            }
+        self.console || self.file(stream).is_some()
     }
 }
 
@@ -140,12 +142,7 @@ impl LineWriter {
 
     fn emit(&self, line: &[u8]) {
         let out = &self.target.output;
-        let file = if self.target.stream == "stderr" {
-            &out.stderr
-        } else {
-            &out.stdout
-        };
-        if let Some(file) = file {
+        if let Some(file) = out.file(self.target.stream) {
             let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = file.write_all(line).and_then(|()| file.write_all(b"\n")) {
                 tracing::warn!("[{}] cannot write to the log file: {e}", out.prefix);
