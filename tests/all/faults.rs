@@ -168,7 +168,9 @@ pub(crate) async fn preload(bus: &Arc<dyn Broker>, base: &str, n: usize) {
                 } else {
                     event(&format!("e{i}"), "t")
                 };
-                bus.publish(&work, &e).await.unwrap();
+                if let Err(error) = bus.publish(&work, &e).await {
+                    panic!("preloading {} on {work}: {error}", e.id);
+                }
             }
         });
     }
@@ -210,7 +212,7 @@ pub(crate) async fn wait_for_progress(
 
 /// The same, naming what `provider` logged (its guests' lines left out)
 /// when it is stuck.
-async fn wait_for_progress_of(
+pub(crate) async fn wait_for_progress_of(
     tally: &Arc<Mutex<Tally>>,
     at_least: usize,
     within: Duration,
@@ -225,7 +227,7 @@ async fn wait_for_progress_of(
 }
 
 /// What a provider logged itself: its stderr without its guests' lines.
-fn own_log(provider: &Running) -> Vec<String> {
+pub(crate) fn own_log(provider: &Running) -> Vec<String> {
     let log = provider.stderr.lock().unwrap();
     log.iter()
         .filter(|l| !l.contains("INFO guest"))

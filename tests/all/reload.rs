@@ -4,7 +4,7 @@
 //! keeps its connection).
 
 use crate::faults::{
-    Tally, amqp_settings, nats_settings, preload, read_out, scale, wait_for_progress,
+    Tally, amqp_settings, nats_settings, own_log, preload, read_out, scale, wait_for_progress_of,
 };
 use crate::support::*;
 use messaging_provider::broker::Broker;
@@ -297,13 +297,13 @@ dead = {{ kind = "queue", link = "bus", address = "{base}.dead" }}"#
     let broken = b"\0asm, half written".to_vec();
     let probe = std::fs::read(&guests().probe).unwrap();
 
-    wait_for_progress(&tally, n / 4, patience).await;
+    wait_for_progress_of(&tally, n / 4, patience, &p).await;
     eprintln!("{label}: {:.1?}: a new manifest", start.elapsed());
     app.write("v2", &channels, "queue:done");
     reload(&p);
     p.wait_for_count("reloaded (", 1);
 
-    wait_for_progress(&tally, n / 2, patience).await;
+    wait_for_progress_of(&tally, n / 2, patience, &p).await;
     eprintln!(
         "{label}: {:.1?}: a broken wasm file, twice",
         start.elapsed()
@@ -314,7 +314,7 @@ dead = {{ kind = "queue", link = "bus", address = "{base}.dead" }}"#
     replace_file(&app.wasm(), &broken);
     reload(&p);
 
-    wait_for_progress(&tally, 3 * n / 4, patience).await;
+    wait_for_progress_of(&tally, 3 * n / 4, patience, &p).await;
     eprintln!(
         "{label}: {:.1?}: a new build of the component",
         start.elapsed()
@@ -323,7 +323,7 @@ dead = {{ kind = "queue", link = "bus", address = "{base}.dead" }}"#
     reload(&p);
     p.wait_for_count("reloaded (", 2);
 
-    wait_for_progress(&tally, n, patience).await;
+    wait_for_progress_of(&tally, n, patience, &p).await;
     // Late duplicates have a moment to show.
     tokio::time::sleep(Duration::from_secs(2)).await;
     p.terminate();
@@ -334,7 +334,12 @@ dead = {{ kind = "queue", link = "bus", address = "{base}.dead" }}"#
         "{label}: handled by version: {by:?}, in {:.1}s",
         start.elapsed().as_secs_f64()
     );
-    assert_eq!((report.lost, report.duplicates), (0, 0), "{}", p.all());
+    assert_eq!(
+        (report.lost, report.duplicates),
+        (0, 0),
+        "lost, duplicated; the provider logged:\n{}",
+        own_log(&p).join("\n")
+    );
     assert_eq!((report.poison_handled, report.good_dead), (0, 0));
     assert!(by.get("v1").is_some_and(|&n| n > 0), "{by:?}");
     assert!(by.get("v2").is_some_and(|&n| n > 0), "{by:?}");
@@ -343,7 +348,7 @@ dead = {{ kind = "queue", link = "bus", address = "{base}.dead" }}"#
         p.count("failed; the running version stays as it was"),
         1,
         "the same broken file is reported once:\n{}",
-        p.all()
+        own_log(&p).join("\n")
     );
 }
 
