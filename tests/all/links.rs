@@ -75,21 +75,33 @@ impl PrivateServer {
         };
         // A process group of its own, so that a server that forks (RabbitMQ)
         // is killed whole.
-        let child = (self.command)(self.port, self.store.path())
+        let mut command = (self.command)(self.port, self.store.path());
+        let program = command.get_program().to_string_lossy().into_owned();
+        let child = command
             .process_group(0)
             .stdout(log())
             .stderr(log())
             .spawn()
             .expect("the broker server is installed");
+        // Kept before the wait, so that a server that does not come up is
+        // killed with this value rather than left running.
+        let child = self.child.insert(child);
+        // RabbitMQ takes seconds to boot, more on a loaded machine.
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "the private {program} on port {} exited ({status}) before it listened; PRIVATE_SERVER_LOG=<file> keeps its output",
+                    self.port
+                );
+            }
             assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "the private server did not start"
+                start.elapsed() < Duration::from_secs(60),
+                "the private {program} did not listen on port {} within 60 s",
+                self.port
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.child = Some(child);
     }
 
     /// Starts the server again as `command` makes it, on the same port and
