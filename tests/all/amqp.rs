@@ -85,7 +85,8 @@ async fn two_processes_share_an_amqp_queue() {
 }
 
 /// A RabbitMQ node of the test's own (run directly, not as a service), its
-/// data in the test's directory.
+/// data, and what it leaves should it crash (MnesiaCore, erl_crash.dump),
+/// in the test's directory.
 pub fn rabbitmq(port: u16, dir: &std::path::Path) -> Command {
     let mut c = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
     let plugins = dir.join("enabled_plugins");
@@ -102,7 +103,8 @@ pub fn rabbitmq(port: u16, dir: &std::path::Path) -> Command {
         .env("RABBITMQ_FEATURE_FLAGS_FILE", dir.join("feature_flags"))
         .env("RABBITMQ_PLUGINS_EXPAND_DIR", dir.join("plugins-expand"))
         .env("RABBITMQ_CONFIG_FILE", dir.join("none"))
-        .env("HOME", dir);
+        .env("HOME", dir)
+        .current_dir(dir);
     c
 }
 
