@@ -24,19 +24,8 @@ async fn a_foreign_client_publishes_plain_and_cloudevents_and_reads_ours() {
             .unwrap()
             .success()
     );
-    // Handlers run side by side: the three come out in any order.
-    let mut three = Vec::new();
-    for what in ["the first", "the second", "the third"] {
-        three.push(results.next(what).await);
-    }
-    let take = |pick: &dyn Fn(&messaging_provider::cloudevents::Event) -> bool| {
-        three
-            .iter()
-            .find(|e| pick(e))
-            .cloned()
-            .expect("each of the three came")
-    };
-    let plain = take(&|e| e.ty == messaging_provider::cloudevents::PLAIN_TYPE);
+    let three = results.next_in_any_order(3).await;
+    let plain = three.take(|e| e.ty == messaging_provider::cloudevents::PLAIN_TYPE);
     assert_eq!(
         plain.source,
         format!("urn:trigger-messaging:bus:{base}.feed")
@@ -45,13 +34,13 @@ async fn a_foreign_client_publishes_plain_and_cloudevents_and_reads_ours() {
         (plain.datacontenttype.as_deref(), plain.data.as_deref()),
         (Some("text/plain"), Some(&b"plain hello"[..]))
     );
-    let binary = take(&|e| e.id == "py-binary");
+    let binary = three.take(|e| e.id == "py-binary");
     assert_eq!(
         (binary.id.as_str(), binary.extension("pyext")),
         ("py-binary", Some("yes"))
     );
     assert_eq!(binary.datacontenttype.as_deref(), Some("application/json"));
-    let structured = take(&|e| e.id == "py-structured");
+    let structured = three.take(|e| e.id == "py-structured");
     assert_eq!(
         (structured.id.as_str(), structured.data.as_deref()),
         ("py-structured", Some(&br#"{"s": 1}"#[..])),

@@ -189,22 +189,10 @@ async fn mosquitto_clients_publish_plain_and_cloudevents_and_read_ours() {
         "application/cloudevents+json",
     ]);
 
-    // Handlers run side by side: the three come out in any order (as in
-    // the AMQP interop test).
-    let mut three = Vec::new();
-    for what in ["the first", "the second", "the third"] {
-        three.push(results.next(what).await);
-    }
-    let take = |pick: &dyn Fn(&messaging_provider::cloudevents::Event) -> bool| {
-        three
-            .iter()
-            .find(|e| pick(e))
-            .cloned()
-            .expect("each of the three came")
-    };
-    let plain = take(&|e| e.ty == messaging_provider::cloudevents::PLAIN_TYPE);
-    let binary = take(&|e| e.id == "cli-binary");
-    let structured = take(&|e| e.id == "cli-structured");
+    let three = results.next_in_any_order(3).await;
+    let plain = three.take(|e| e.ty == messaging_provider::cloudevents::PLAIN_TYPE);
+    let binary = three.take(|e| e.id == "cli-binary");
+    let structured = three.take(|e| e.id == "cli-structured");
     assert_eq!(plain.ty, messaging_provider::cloudevents::PLAIN_TYPE);
     assert_eq!(
         plain.source,

@@ -277,6 +277,20 @@ pub async fn watch(provider: &Provider, app: &str, channel: &str) -> Watch {
     Watch(provider.app(app).unwrap().watch(channel).await.unwrap())
 }
 
+/// Events that came in no set order; see [`Watch::next_in_any_order`].
+pub struct InAnyOrder(pub Vec<Event>);
+
+impl InAnyOrder {
+    /// The event that `pick` chooses; a panic if none came.
+    pub fn take(&self, pick: impl Fn(&Event) -> bool) -> Event {
+        self.0
+            .iter()
+            .find(|e| pick(e))
+            .cloned()
+            .unwrap_or_else(|| panic!("not among the events that came: {:?}", self.0))
+    }
+}
+
 impl Watch {
     /// The next event, or a panic naming what was awaited after 10 s.
     pub async fn next(&mut self, what: &str) -> Event {
@@ -287,6 +301,17 @@ impl Watch {
         let (event, acked) = delivery.ack_and_take().await;
         acked.unwrap();
         event
+    }
+
+    /// The next `n` events, in whatever order they came: handlers run side
+    /// by side, so events published by different handlers may overtake
+    /// one another.
+    pub async fn next_in_any_order(&mut self, n: usize) -> InAnyOrder {
+        let mut events = Vec::with_capacity(n);
+        for i in 1..=n {
+            events.push(self.next(&format!("event {i} of {n}")).await);
+        }
+        InAnyOrder(events)
     }
 
     /// The next event whose id is `id`, skipping others.
