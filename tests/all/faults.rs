@@ -20,6 +20,7 @@ use crate::redis::redis_server_persistent;
 use crate::support::*;
 use messaging_provider::broker::{Broker, SubscribeMode};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -156,13 +157,18 @@ pub(crate) async fn read_out(bus: Arc<dyn Broker>, base: &str, tally: Arc<Mutex<
 
 /// Puts `n` events (every hundredth poison) on `work`, 16 at a time.
 pub(crate) async fn preload(bus: &Arc<dyn Broker>, base: &str, n: usize) {
+    preload_range(bus, base, 0..n).await;
+}
+
+/// Puts the events numbered `range` on `work`, as [`preload`] does.
+pub(crate) async fn preload_range(bus: &Arc<dyn Broker>, base: &str, range: Range<usize>) {
     let work = format!("{base}.work");
     bus.declare_queue(&work, &work).await.unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for lane in 0..16 {
-        let (bus, work) = (bus.clone(), work.clone());
+        let (bus, work, range) = (bus.clone(), work.clone(), range.clone());
         tasks.spawn(async move {
-            for i in (lane..n).step_by(16) {
+            for i in (range.start + lane..range.end).step_by(16) {
                 let e = if is_poison(i) {
                     event(&format!("poison-{i}"), "probe.fail")
                 } else {
@@ -333,7 +339,7 @@ async fn survives_broker_restarts_and_provider_kills(
     // Late duplicates have a moment to show.
     tokio::time::sleep(Duration::from_secs(2)).await;
     p.terminate();
-    assert_eq!(p.wait_exit(Duration::from_secs(30)), 0, "{}", p.all());
+    assert_eq!(p.wait_exit(Duration::from_secs(30)), 0, "{}", p.recent());
     let report = tally.lock().unwrap().report(label, n);
     eprintln!(
         "{label}: {n} events, {} broker restart(s), {} provider kill(s), in {:.1}s",
@@ -542,7 +548,7 @@ async fn kafka_replicas_join_and_leave_under_a_flood() {
     let mut b = provider(&apps[1].manifest, rc.path());
     takes_part("b").await;
     a.terminate();
-    assert_eq!(a.wait_exit(Duration::from_secs(30)), 0, "{}", a.all());
+    assert_eq!(a.wait_exit(Duration::from_secs(30)), 0, "{}", a.recent());
     let mut c = provider(&apps[2].manifest, rc.path());
     takes_part("c").await;
     let progress = {
@@ -557,7 +563,7 @@ async fn kafka_replicas_join_and_leave_under_a_flood() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     for p in [&mut b, &mut c] {
         p.terminate();
-        assert_eq!(p.wait_exit(Duration::from_secs(30)), 0, "{}", p.all());
+        assert_eq!(p.wait_exit(Duration::from_secs(30)), 0, "{}", p.recent());
     }
     let t = tally.lock().unwrap();
     let report = t.report("kafka rebalance", n);
