@@ -10,6 +10,7 @@ use messaging_provider::{Provider, ProviderOptions};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -406,15 +407,21 @@ pub struct Running {
     pub child: Child,
     pub stdout: Arc<Mutex<Vec<String>>>,
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// How many of its two output streams ended: both once it exited.
+    closed: Arc<AtomicUsize>,
 }
 
-fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+fn collect(
+    stream: impl std::io::Read + Send + 'static,
+    closed: &Arc<AtomicUsize>,
+) -> Arc<Mutex<Vec<String>>> {
     let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
+    let (sink, closed) = (lines.clone(), closed.clone());
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             sink.lock().unwrap().push(line);
         }
+        closed.fetch_add(1, Ordering::SeqCst);
     });
     lines
 }
@@ -422,7 +429,7 @@ fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>
 /// Runs the provider binary with `args`, collecting its output; its log
 /// filter is `info`, or `TEST_PROVIDER_LOG` when set (to debug a test).
 pub fn run(args: &[&str]) -> Running {
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(args)
         .env(
             "RUST_LOG",
@@ -432,25 +439,27 @@ pub fn run(args: &[&str]) -> Running {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = collect(child.stdout.take().unwrap());
-    let stderr = collect(child.stderr.take().unwrap());
-    Running {
-        child,
-        stdout,
-        stderr,
-    }
+    Running::adopt(child)
 }
 
 impl Running {
     /// Collects the output of a child started with piped stdout and stderr.
     pub fn adopt(mut child: Child) -> Running {
-        let stdout = collect(child.stdout.take().unwrap());
-        let stderr = collect(child.stderr.take().unwrap());
+        let closed = Arc::new(AtomicUsize::new(0));
+        let stdout = collect(child.stdout.take().unwrap(), &closed);
+        let stderr = collect(child.stderr.take().unwrap(), &closed);
         Running {
             child,
             stdout,
             stderr,
+            closed,
         }
+    }
+
+    /// Whether it closed both its outputs (it exited): what it has not
+    /// printed yet, it never will.
+    fn ended(&self) -> bool {
+        self.closed.load(Ordering::SeqCst) == 2
     }
 
     pub fn wait_for(&self, which: &str, needle: &str) -> String {
@@ -461,16 +470,43 @@ impl Running {
         };
         let start = Instant::now();
         loop {
+            let ended = self.ended();
             if let Some(l) = lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
                 return l.clone();
             }
             assert!(
+                !ended,
+                "exited without {needle:?} on {which}; got:\n{}",
+                self.recent()
+            );
+            assert!(
                 start.elapsed() < Duration::from_secs(30),
-                "no {needle:?} on {which}; got:\n{}",
-                self.all()
+                "no {needle:?} on {which} within 30 s; got:\n{}",
+                self.recent()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The last lines of each stream: what a failure message should carry
+    /// (a whole log pushes the message out of a log cut to its tail).
+    pub fn recent(&self) -> String {
+        fn tail(lines: &Mutex<Vec<String>>) -> String {
+            const SHOWN: usize = 40;
+            let lines = lines.lock().unwrap();
+            let skipped = lines.len().saturating_sub(SHOWN);
+            let mut text = match skipped {
+                0 => String::new(),
+                n => format!("({n} earlier lines left out)\n"),
+            };
+            text.push_str(&lines[skipped..].join("\n"));
+            text
+        }
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            tail(&self.stdout),
+            tail(&self.stderr)
+        )
     }
 
     pub fn all(&self) -> String {
@@ -503,11 +539,20 @@ impl Running {
     /// Waits until `needle` is on `n` lines of stderr.
     pub fn wait_for_count(&self, needle: &str, n: usize) {
         let start = Instant::now();
-        while self.count(needle) < n {
+        loop {
+            let ended = self.ended();
+            if self.count(needle) >= n {
+                return;
+            }
+            assert!(
+                !ended,
+                "exited with {needle:?} on fewer than {n} lines of stderr; got:\n{}",
+                self.recent()
+            );
             assert!(
                 start.elapsed() < Duration::from_secs(60),
-                "{needle:?} not on {n} lines of stderr; got:\n{}",
-                self.all()
+                "{needle:?} not on {n} lines of stderr within 60 s; got:\n{}",
+                self.recent()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -523,7 +568,7 @@ impl Running {
             assert!(
                 start.elapsed() < within,
                 "did not exit within {within:?}:\n{}",
-                self.all()
+                self.recent()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
