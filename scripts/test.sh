@@ -50,22 +50,37 @@ python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ig
 (cd sample-apps && cargo build --target wasm32-wasip2 --release)
 (cd tests/fixtures && cargo build --target wasm32-wasip2 --release)
 cargo fmt --all -- --check
+
+# The tests' output goes to a file as well: when a run fails, the start of
+# each panic message (which test, where, why) is repeated at the very end,
+# where a log cut to its tail still shows it (a backtrace or a long message
+# would push it out).
+log=$(mktemp -t messaging-tests.XXXXXX)
+why_they_failed() {
+  echo "== why: the start of each panic message above =="
+  awk '/^thread .* panicked at / { print; left = 6; next }
+       /^(stack backtrace:|note: )/ { left = 0 }
+       left > 0 && NF > 0 { print "    " substr($0, 1, 240); left-- }' "$log" | head -n 40
+}
+trap 'status=$?; [ "$status" -eq 0 ] || why_they_failed; rm -f "$log"' EXIT
+tests() { cargo test --workspace "$@" 2>&1 | tee -a "$log"; }
+
 if [ $# -gt 0 ]; then
-  cargo test --workspace "$@"
+  tests "$@"
   exit
 fi
 # Everything, then the throughput measurement of isolation::, which gets the
 # machine to itself (tests running beside it would skew its ratio). The
 # fault and isolation tests run in short versions here; scripts/faults.sh
 # runs them at full length.
-cargo test --workspace -- --skip isolation::a_good_app --skip faults::kafka_sigterm \
+tests -- --skip isolation::a_good_app --skip faults::kafka_sigterm \
   --skip faults::kafka_survives_broker_restarts
-cargo test --workspace --test all -- isolation::a_good_app --nocapture
+tests --test all -- isolation::a_good_app --nocapture
 # Alone too, one after the other: tansu on SQLite stops answering a group's
 # heartbeats when the other fault tests run beside these (see their doc
 # comments).
-cargo test --workspace --test all -- faults::kafka_sigterm \
+tests --test all -- faults::kafka_sigterm \
   faults::kafka_survives_broker_restarts --nocapture --test-threads 1
 # The benchmark suite's quick form (small N, one run, every section, every
 # link), so that it does not rot; `cargo bench --bench suite` is the full one.
-cargo test --workspace --bench suite
+tests --bench suite
