@@ -758,6 +758,9 @@ async fn run(options: ProviderOptions, args: &RunArgs, watch: bool) -> anyhow::R
         }
         None => None,
     };
+    // Before any app starts: a provider that cannot watch what it was asked
+    // to stops before it takes any event.
+    let mut reloads = ReloadTriggers::listen(&provider, watch)?;
     provider.start().await?;
     let endpoint = match listening {
         Some((listener, options)) => {
@@ -773,7 +776,6 @@ async fn run(options: ProviderOptions, args: &RunArgs, watch: bool) -> anyhow::R
         }
         None => None,
     };
-    let mut reloads = ReloadTriggers::listen(&provider, watch)?;
     match watch {
         true => println!("Ready: press Ctrl+C to stop; watching the app's files for changes."),
         false => println!("Ready: press Ctrl+C to stop."),

@@ -62,7 +62,10 @@ impl ReloadTriggers {
         use anyhow::Context as _;
         let hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
         let watch = match watch {
-            true => Some(FileWatch::new(provider)?),
+            true => Some(FileWatch::new(provider).context(
+                "--watch: cannot watch the app's files (on Linux, fs.inotify.max_user_instances \
+                 bounds the watchers a user may have)",
+            )?),
             false => None,
         };
         Ok(ReloadTriggers {
