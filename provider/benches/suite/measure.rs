@@ -229,6 +229,32 @@ pub fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
     Ok(Duration::from_micros(ticks * 1_000_000 / clock_ticks()))
 }
 
+/// The whole machine's busy CPU time, all cores together, and how many
+/// cores it has (`/proc/stat`): what a relay, the suite and the broker
+/// spend between them. Busy is user, nice, system, irq and softirq; idle,
+/// iowait and steal (time the hypervisor gave to others) are not.
+pub fn machine_busy() -> anyhow::Result<(Duration, usize)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    let total = stat
+        .lines()
+        .find(|line| line.starts_with("cpu "))
+        .context("/proc/stat has no `cpu` line")?;
+    let ticks: Vec<u64> = total
+        .split_whitespace()
+        .skip(1)
+        .map(|field| field.parse().unwrap_or(0))
+        .collect();
+    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| ticks.get(i)).sum();
+    let cores = stat
+        .lines()
+        .filter(|line| line.starts_with("cpu") && !line.starts_with("cpu "))
+        .count();
+    Ok((
+        Duration::from_micros(busy * 1_000_000 / clock_ticks()),
+        cores.max(1),
+    ))
+}
+
 /// A memory figure of `/proc/<pid>/status` (e.g. `VmHWM:`), in bytes.
 pub fn status_bytes(pid: u32, key: &str) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");

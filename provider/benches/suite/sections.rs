@@ -206,6 +206,16 @@ pub struct Side {
     pub half_load_rate: f64,
     /// CPU time of the relay process per event of the flood, µs.
     pub cpu_us_per_event: Option<f64>,
+    /// CPU time of the suite's own process (the producer and the sink) per
+    /// event of the flood, µs; `None` in process, where the relay's figure
+    /// holds it.
+    pub suite_cpu_us_per_event: Option<f64>,
+    /// Busy CPU time of the whole machine, all cores, per event of the
+    /// flood, µs: the relay, the suite, the broker and anything else.
+    pub machine_cpu_us_per_event: Option<f64>,
+    /// How busy the machine's cores were through the flood (1: all of
+    /// them, all the time).
+    pub machine_busy: Option<f64>,
     /// Peak resident memory, MiB.
     pub peak_rss_mib: Option<f64>,
     /// Events published in the flood.
@@ -259,6 +269,9 @@ pub async fn measure_side(
         crate::measure::reset_own_peak_rss();
     }
     let cpu_before = meter.cpu();
+    let suite_before = crate::measure::own_cpu();
+    let machine_before = crate::measure::machine_busy().ok();
+    let started = std::time::Instant::now();
     let flood = flow
         .phase(
             vec![producer.clone()],
@@ -268,6 +281,12 @@ pub async fn measure_side(
         )
         .await;
     let cpu_after = meter.cpu();
+    let wall = started.elapsed();
+    let machine_after = crate::measure::machine_busy().ok();
+    let per_event = |spent: Duration| spent.as_secs_f64() * 1e6 / flood.sent.max(1) as f64;
+    let machine = machine_before
+        .zip(machine_after)
+        .map(|((before, cores), (after, _))| (after.saturating_sub(before), cores));
     let mut side = Side {
         rate: flood.rate(),
         producer_rate: flood.publish_rate(),
@@ -279,6 +298,14 @@ pub async fn measure_side(
             }
             _ => None,
         },
+        suite_cpu_us_per_event: (flood.sent > 0 && matches!(meter, Meter::Process(_)))
+            .then(|| per_event(crate::measure::own_cpu().saturating_sub(suite_before))),
+        machine_cpu_us_per_event: machine
+            .filter(|_| flood.sent > 0)
+            .map(|(busy, _)| per_event(busy)),
+        machine_busy: machine
+            .filter(|_| !wall.is_zero())
+            .map(|(busy, cores)| busy.as_secs_f64() / (wall.as_secs_f64() * cores as f64)),
         sent: flood.sent,
         lost: flood.lost(),
         duplicates: flood.duplicates,

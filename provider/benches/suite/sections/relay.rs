@@ -291,6 +291,16 @@ fn render(options: &Options, rows: &[(Link, Row)]) -> (Vec<Table>, Value) {
             "native peak RSS MiB",
         ],
     );
+    let mut machine = Table::new(
+        "Where the machine's CPU goes in the flood: µs per event, all cores (the relay / the suite's producer and sink / the broker and the rest), and how busy the cores were",
+        &[
+            "link",
+            "provider side",
+            "provider side, cores busy",
+            "native side",
+            "native side, cores busy",
+        ],
+    );
     let mut stages = Table::new(
         "Where the provider's time goes: µs per event in each stage (times counted), one run at half the provider's saturation rate with stage timing on",
         &[
@@ -351,6 +361,28 @@ fn render(options: &Options, rows: &[(Link, Row)]) -> (Vec<Table>, Value) {
             spread(ratio_of(row, &|s| s.cpu_us_per_event), 2),
             spread(spread_of(&row.provider, &|s| s.peak_rss_mib), 1),
             spread(spread_of(&row.native, &|s| s.peak_rss_mib), 1),
+        ]);
+        let split = |sides: &[Side]| {
+            let relay = spread_of(sides, &|s| s.cpu_us_per_event);
+            let suite = match spread_of(sides, &|s| s.suite_cpu_us_per_event) {
+                Some(suite) => spread(Some(suite), 1),
+                None => "(in the relay)".into(),
+            };
+            let rest = spread_of(sides, &|s| {
+                let suite = s.suite_cpu_us_per_event.unwrap_or(0.0);
+                Some(s.machine_cpu_us_per_event? - s.cpu_us_per_event? - suite)
+            });
+            format!("{} / {suite} / {}", spread(relay, 1), spread(rest, 1))
+        };
+        let busy = |sides: &[Side]| {
+            spread(spread_of(sides, &|s| s.machine_busy.map(|b| b * 100.0)), 0) + " %"
+        };
+        machine.row(vec![
+            name.clone(),
+            split(&row.provider),
+            busy(&row.provider),
+            split(&row.native),
+            busy(&row.native),
         ]);
         let mut stage_cells = vec![name.clone()];
         match &row.stages {
@@ -427,6 +459,14 @@ fn render(options: &Options, rows: &[(Link, Row)]) -> (Vec<Table>, Value) {
          The embedded row runs in the suite's process: its CPU (getrusage) and peak RSS (VmHWM, reset \
          before each run) include the producer and the sink.",
     );
+    machine.note(
+        "Busy CPU time of the whole machine (/proc/stat: user, nice, system, irq, softirq) over the \
+         flood, / events, split into the relay process, the suite's own process (producer and sink; \
+         for the in-process embedded row it holds the relay too) and the rest: the broker, and \
+         anything else the machine ran. Cores busy: that time / (the flood's wall time × cores). \
+         Where a side keeps the cores near 100 % busy, its rate is what the machine's CPU allows, \
+         and the ratio of rates follows the machine CPU per event of the two sides.",
+    );
     stages.note(
         "Each cell: total nanoseconds / times counted, in µs, and the count. \
          decode: a broker message to an event; instantiate: a new instance; reuse: taking a warm one; \
@@ -441,7 +481,7 @@ fn render(options: &Options, rows: &[(Link, Row)]) -> (Vec<Table>, Value) {
         throughput.note(format!("Problems:\n{}", problems.join("\n")));
     }
     (
-        vec![throughput, latency, resources, stages],
+        vec![throughput, latency, resources, machine, stages],
         Value::Array(figures),
     )
 }
