@@ -465,7 +465,8 @@ fn render(options: &Options, rows: &[(Link, Row)]) -> (Vec<Table>, Value) {
          for the in-process embedded row it holds the relay too) and the rest: the broker, and \
          anything else the machine ran. Cores busy: that time / (the flood's wall time × cores). \
          Where a side keeps the cores near 100 % busy, its rate is what the machine's CPU allows, \
-         and the ratio of rates follows the machine CPU per event of the two sides.",
+         and the ratio of rates follows the machine CPU per event of the two sides. The kernel counts \
+         CPU time in ticks (10 ms here), so a short flood (`--quick`) can show the rest below zero.",
     );
     stages.note(
         "Each cell: total nanoseconds / times counted, in µs, and the count. \
