@@ -468,20 +468,30 @@ impl Running {
         } else {
             &self.stderr
         };
+        self.wait_until(&format!("{needle:?} on {which}"), 30, || {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+                .cloned()
+        })
+    }
+
+    /// Polls `check` until it gives something; fails naming `what` (and
+    /// showing the recent output) once `seconds` passed or the process
+    /// exited without it.
+    fn wait_until<T>(&self, what: &str, seconds: u64, check: impl Fn() -> Option<T>) -> T {
         let start = Instant::now();
         loop {
             let ended = self.ended();
-            if let Some(l) = lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
-                return l.clone();
+            if let Some(found) = check() {
+                return found;
             }
+            assert!(!ended, "exited without {what}; got:\n{}", self.recent());
             assert!(
-                !ended,
-                "exited without {needle:?} on {which}; got:\n{}",
-                self.recent()
-            );
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "no {needle:?} on {which} within 30 s; got:\n{}",
+                start.elapsed() < Duration::from_secs(seconds),
+                "no {what} within {seconds} s; got:\n{}",
                 self.recent()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -491,10 +501,18 @@ impl Running {
     /// The last lines of each stream: what a failure message should carry
     /// (a whole log pushes the message out of a log cut to its tail).
     pub fn recent(&self) -> String {
-        fn tail(lines: &Mutex<Vec<String>>) -> String {
-            const SHOWN: usize = 40;
+        self.streams(40)
+    }
+
+    pub fn all(&self) -> String {
+        self.streams(usize::MAX)
+    }
+
+    /// Stdout and stderr, each cut to its last `shown` lines.
+    fn streams(&self, shown: usize) -> String {
+        fn tail(lines: &Mutex<Vec<String>>, shown: usize) -> String {
             let lines = lines.lock().unwrap();
-            let skipped = lines.len().saturating_sub(SHOWN);
+            let skipped = lines.len().saturating_sub(shown);
             let mut text = match skipped {
                 0 => String::new(),
                 n => format!("({n} earlier lines left out)\n"),
@@ -504,16 +522,8 @@ impl Running {
         }
         format!(
             "stdout:\n{}\nstderr:\n{}",
-            tail(&self.stdout),
-            tail(&self.stderr)
-        )
-    }
-
-    pub fn all(&self) -> String {
-        format!(
-            "stdout:\n{}\nstderr:\n{}",
-            self.stdout.lock().unwrap().join("\n"),
-            self.stderr.lock().unwrap().join("\n")
+            tail(&self.stdout, shown),
+            tail(&self.stderr, shown)
         )
     }
 
@@ -538,24 +548,9 @@ impl Running {
 
     /// Waits until `needle` is on `n` lines of stderr.
     pub fn wait_for_count(&self, needle: &str, n: usize) {
-        let start = Instant::now();
-        loop {
-            let ended = self.ended();
-            if self.count(needle) >= n {
-                return;
-            }
-            assert!(
-                !ended,
-                "exited with {needle:?} on fewer than {n} lines of stderr; got:\n{}",
-                self.recent()
-            );
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{needle:?} not on {n} lines of stderr within 60 s; got:\n{}",
-                self.recent()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_until(&format!("{needle:?} on {n} lines of stderr"), 60, || {
+            (self.count(needle) >= n).then_some(())
+        })
     }
 
     pub fn wait_exit(&mut self, within: Duration) -> i32 {

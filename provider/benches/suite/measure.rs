@@ -225,8 +225,12 @@ pub fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
             .and_then(|f| f.parse().ok())
             .with_context(|| format!("{path}: field {n} is not a number"))
     };
-    let ticks = field(14)? + field(15)?;
-    Ok(Duration::from_micros(ticks * 1_000_000 / clock_ticks()))
+    Ok(ticks(field(14)? + field(15)?))
+}
+
+/// `n` of the kernel's clock ticks as a duration.
+fn ticks(n: u64) -> Duration {
+    Duration::from_micros(n * 1_000_000 / clock_ticks())
 }
 
 /// The whole machine's busy CPU time, all cores together, and how many
@@ -239,20 +243,17 @@ pub fn machine_busy() -> anyhow::Result<(Duration, usize)> {
         .lines()
         .find(|line| line.starts_with("cpu "))
         .context("/proc/stat has no `cpu` line")?;
-    let ticks: Vec<u64> = total
+    let fields: Vec<u64> = total
         .split_whitespace()
         .skip(1)
         .map(|field| field.parse().unwrap_or(0))
         .collect();
-    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| ticks.get(i)).sum();
+    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum();
     let cores = stat
         .lines()
         .filter(|line| line.starts_with("cpu") && !line.starts_with("cpu "))
         .count();
-    Ok((
-        Duration::from_micros(busy * 1_000_000 / clock_ticks()),
-        cores.max(1),
-    ))
+    Ok((ticks(busy), cores.max(1)))
 }
 
 /// A memory figure of `/proc/<pid>/status` (e.g. `VmHWM:`), in bytes.

@@ -293,9 +293,7 @@ pub async fn measure_side(
         saturated_p50_ms: flood.latency_ms(0.5),
         saturated_p99_ms: flood.latency_ms(0.99),
         cpu_us_per_event: match (cpu_before, cpu_after) {
-            (Some(a), Some(b)) if flood.sent > 0 => {
-                Some(b.saturating_sub(a).as_secs_f64() * 1e6 / flood.sent as f64)
-            }
+            (Some(a), Some(b)) if flood.sent > 0 => Some(per_event(b.saturating_sub(a))),
             _ => None,
         },
         suite_cpu_us_per_event: (flood.sent > 0 && matches!(meter, Meter::Process(_)))
