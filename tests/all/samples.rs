@@ -1,6 +1,7 @@
 //! The sample apps, end to end on the embedded broker.
 
 use crate::support::*;
+use messaging_provider::cloudevents::Event;
 use std::time::Duration;
 
 #[tokio::test]
@@ -41,6 +42,80 @@ async fn the_relay_ships_orders_and_dead_letters_empty_ones() {
         "{cause:?}"
     );
     shipments.expect_nothing(Duration::from_millis(300)).await;
+}
+
+/// The relay in Python and in JavaScript ships byte for byte the events the
+/// Rust relay ships, from JSON data and from data that is neither JSON nor
+/// UTF-8, and refuses an order without data the same way (their READMEs
+/// promise "the same shipped event").
+#[tokio::test(flavor = "multi_thread")]
+async fn the_relay_ships_the_same_events_in_every_language() {
+    guests();
+    let relays = foreign_relays();
+    assert!(relays.python.is_file() && relays.javascript.is_file());
+    let samples = repo().join("sample-apps");
+    let apps = ["relay", "relay-py", "relay-js"];
+    let manifests: Vec<_> = apps
+        .iter()
+        .map(|app| samples.join(app).join("spin.toml"))
+        .collect();
+    let manifests: Vec<&std::path::Path> = manifests.iter().map(|m| m.as_path()).collect();
+    let provider = start(&manifests, None).await;
+
+    let mut json = event("o-json", "com.example.order.created");
+    json.data = Some(
+        r#"{"sku":"B2","qty":3,"price":2.5,"note":"grün \"fast\"\n","tags":["a","b"],"z":{"y":1,"b":null,"a":true}}"#
+            .as_bytes()
+            .to_vec(),
+    );
+    json.datacontenttype = Some("application/json".into());
+    json.subject = Some("customer-7".into());
+    json.time = Some("2025-01-01T10:00:00Z".into());
+    json.extensions = vec![("region".into(), "eu".into())];
+    let mut text = event("o-text", "com.example.order.created");
+    text.data = Some(b"plain text, not JSON: \xff\xfe ok".to_vec());
+    let empty = event("o-empty", "com.example.order.created");
+
+    let mut shipped_by_rust = Vec::new();
+    for app in apps {
+        let mut shipments = watch(&provider, app, "shipments").await;
+        let mut rejected = watch(&provider, app, "rejected").await;
+        for order in [&json, &text, &empty] {
+            send(&provider, app, "orders", order.clone()).await;
+        }
+        // Events are handled concurrently: they may ship in either order.
+        let mut shipped = vec![
+            shipments.next("a shipped event").await,
+            shipments.next("another shipped event").await,
+        ];
+        shipped.sort_by(|a, b| a.id.cmp(&b.id));
+        let ids: Vec<&str> = shipped.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["o-json-shipped", "o-text-shipped"], "{app}");
+        if shipped_by_rust.is_empty() {
+            let data = |e: &Event| String::from_utf8(e.data.clone().unwrap()).unwrap();
+            assert_eq!(
+                data(&shipped[0]),
+                r#"{"order":{"note":"grün \"fast\"\n","price":2.5,"qty":3,"sku":"B2","tags":["a","b"],"z":{"a":true,"b":null,"y":1}},"status":"shipped"}"#
+            );
+            assert_eq!(
+                data(&shipped[1]),
+                "{\"order\":\"plain text, not JSON: \u{fffd}\u{fffd} ok\",\"status\":\"shipped\"}"
+            );
+            assert_eq!(shipped[0].extension("relayedfrom"), Some("o-json"));
+            assert_eq!(shipped[0].extension("region"), Some("eu"));
+            shipped_by_rust = shipped;
+        } else {
+            assert_eq!(shipped, shipped_by_rust, "{app}");
+        }
+        let (original, cause) = dead_letter_parts(&rejected.next("the rejected order").await);
+        assert_eq!(original, empty, "{app}");
+        assert!(
+            cause["deadlettererror"].contains("order o-empty has no data"),
+            "{app}: {cause:?}"
+        );
+        shipments.expect_nothing(Duration::from_millis(200)).await;
+    }
+    provider.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]

@@ -55,59 +55,82 @@ pub fn guests() -> &'static Guests {
     })
 }
 
-/// The sample guests in other languages: the counter in Python
-/// (componentize-py) and JavaScript (componentize-js, default features),
-/// built once per test run with the commands their READMEs give.
+/// A sample in Python (componentize-py) and JavaScript (componentize-js,
+/// default features), built once per test run with the commands its READMEs
+/// give.
 pub struct ForeignGuests {
     pub python: PathBuf,
     pub javascript: PathBuf,
 }
 
+/// The counter in Python and JavaScript.
 pub fn foreign_guests() -> &'static ForeignGuests {
     static GUESTS: OnceLock<ForeignGuests> = OnceLock::new();
-    GUESTS.get_or_init(|| {
-        let out = repo().join("target/wasm");
-        let build = |dir: &str, program: &str, args: &[&str]| {
-            let status = Command::new(program)
-                .args(args)
-                .current_dir(repo().join("sample-apps").join(dir))
-                .status()
-                .unwrap_or_else(|e| {
-                    panic!("cannot run {program} (scripts/test.sh installs it): {e}")
-                });
-            assert!(
-                status.success(),
-                "`{program} {}` failed in sample-apps/{dir}",
-                args.join(" ")
-            );
-        };
-        let componentize_py = componentize_py();
-        let python = out.join("counter-py.wasm");
-        build(
-            "counter-py",
-            componentize_py.to_str().unwrap(),
-            &[
-                "-d",
-                "../wit",
-                "-w",
-                "counter",
-                "componentize",
-                "app",
-                "-o",
-                python.to_str().unwrap(),
-            ],
-        );
-        if !repo().join("sample-apps/counter-js/node_modules").is_dir() {
-            build("counter-js", "npm", &["ci", "--no-audit", "--no-fund"]);
-        }
-        let javascript = out.join("counter-js.wasm");
-        build(
-            "counter-js",
-            "node",
-            &["build.mjs", javascript.to_str().unwrap()],
-        );
-        ForeignGuests { python, javascript }
+    GUESTS.get_or_init(|| ForeignGuests {
+        python: componentize_sample("counter-py", "counter", "counter-py.wasm"),
+        javascript: build_js_sample("counter-js", "counter-js.wasm"),
     })
+}
+
+/// The relay in Python and JavaScript.
+pub fn foreign_relays() -> &'static ForeignGuests {
+    static RELAYS: OnceLock<ForeignGuests> = OnceLock::new();
+    RELAYS.get_or_init(|| ForeignGuests {
+        python: componentize_sample("relay-py", "relay", "relay-py.wasm"),
+        javascript: build_js_sample("relay-js", "relay-js.wasm"),
+    })
+}
+
+/// Runs `program` in `sample-apps/<dir>`, failing loudly when it cannot.
+fn build_sample(dir: &str, program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(repo().join("sample-apps").join(dir))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {program} (scripts/test.sh installs it): {e}"));
+    assert!(
+        status.success(),
+        "`{program} {}` failed in sample-apps/{dir}",
+        args.join(" ")
+    );
+}
+
+/// A Python sample built with componentize-py for `world` into
+/// `target/wasm/<file>`.
+fn componentize_sample(dir: &str, world: &str, file: &str) -> PathBuf {
+    let out = repo().join("target/wasm").join(file);
+    let componentize_py = componentize_py();
+    build_sample(
+        dir,
+        componentize_py.to_str().unwrap(),
+        &[
+            "-d",
+            "../wit",
+            "-w",
+            world,
+            "componentize",
+            "app",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    out
+}
+
+/// A JavaScript sample built with its `build.mjs` into
+/// `target/wasm/<file>`, after `npm ci` when it has no `node_modules`.
+fn build_js_sample(dir: &str, file: &str) -> PathBuf {
+    if !repo()
+        .join("sample-apps")
+        .join(dir)
+        .join("node_modules")
+        .is_dir()
+    {
+        build_sample(dir, "npm", &["ci", "--no-audit", "--no-fund"]);
+    }
+    let out = repo().join("target/wasm").join(file);
+    build_sample(dir, "node", &["build.mjs", out.to_str().unwrap()]);
+    out
 }
 
 /// componentize-py, where `scripts/test.sh` installed it (pip's scripts
